@@ -1,0 +1,61 @@
+"""``persist-cli broker``: a plain XSUB/XPUB proxy for users who have no broker.
+
+Publishers connect to the frontend (default 5556), subscribers such as
+persist-daemon to the backend (default 5555). High-water marks are raised so a
+burst waits in memory instead of being dropped by the proxy.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import click
+import zmq
+
+HWM = 1_000_000
+
+
+def run_proxy(frontend: str, backend: str, stop: threading.Event, ready: threading.Event | None = None) -> None:
+    """Forward publishers on ``frontend`` to subscribers on ``backend`` until ``stop`` is set."""
+    ctx = zmq.Context()
+    xsub, xpub = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB)
+    for sock in (xsub, xpub):
+        sock.setsockopt(zmq.SNDHWM, HWM)
+        sock.setsockopt(zmq.RCVHWM, HWM)
+        sock.setsockopt(zmq.LINGER, 0)
+    try:
+        xsub.bind(frontend)
+        xpub.bind(backend)
+    except zmq.ZMQError as exc:
+        ctx.destroy(linger=0)
+        raise click.ClickException(f"cannot bind {exc.strerror}: is another broker running on {frontend} or {backend}?") from None
+    thread = threading.Thread(target=_proxy, args=(xsub, xpub), daemon=True)
+    thread.start()
+    if ready:
+        ready.set()
+    stop.wait()
+    ctx.destroy(linger=0)
+    thread.join(timeout=2)
+
+
+def _proxy(xsub: zmq.Socket, xpub: zmq.Socket) -> None:
+    try:
+        zmq.proxy(xsub, xpub)
+    except zmq.ContextTerminated:
+        pass
+    except zmq.ZMQError as exc:
+        if exc.errno != zmq.ENOTSOCK:
+            raise
+
+
+@click.command()
+@click.option("--frontend", default="tcp://127.0.0.1:5556", show_default=True, help="Where publishers connect.")
+@click.option("--backend", default="tcp://127.0.0.1:5555", show_default=True, help="Where subscribers (persist-daemon) connect.")
+def broker(frontend: str, backend: str) -> None:
+    """Run a plain XPUB/XSUB proxy: publishers → FRONTEND, subscribers → BACKEND."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    click.echo(f"broker: publishers connect to {frontend}, subscribers to {backend} (Ctrl-C stops)", err=True)
+    run_proxy(frontend, backend, stop)

@@ -1,0 +1,213 @@
+"""Configuration (SPEC section 10): TOML file, then ``PERSIST_*`` variables, then flags.
+
+Owns the list of every key, its type, default and check. The file is the first
+found of ``--config``, ``$PERSIST_CONFIG``, ``./persist.toml``,
+``~/.config/persist/config.toml``, ``/etc/persist/config.toml``. Environment
+variables are ``PERSIST_<KEY>`` for the ``[daemon]`` section and
+``PERSIST_<SECTION>_<KEY>`` for the others (lists comma-separated).
+An unknown key or a bad value raises ``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SEARCH_PATH = (
+    Path("persist.toml"),
+    Path("~/.config/persist/config.toml"),
+    Path("/etc/persist/config.toml"),
+)
+ENDPOINT = re.compile(r"^(tcp://(\*|\[[0-9a-fA-F:.]+\]|[\w.-]+):(\d{1,5}|\*)|ipc://.+|inproc://.+)$")
+CHOICES = {
+    "daemon.fsync": ("always", "batch", "off"),
+    "daemon.log_format": ("auto", "console", "json"),
+    "daemon.log_level": ("debug", "info", "warning", "error"),
+}
+TAG_KEYS = {"name", "keywords", "regex"}
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or has a bad value."""
+
+    def __init__(self, key: str, problem: str, source: str | None = None) -> None:
+        where = f" (in {source})" if source else ""
+        super().__init__(f"config key '{key}'{where}: {problem}")
+        self.key = key
+
+
+@dataclass
+class DaemonSection:
+    connect: list[str] = field(default_factory=lambda: ["tcp://127.0.0.1:5555"])
+    bind: list[str] = field(default_factory=list)
+    subscribe: list[str] = field(default_factory=lambda: [""])
+    log_dir: str = "./conversation_logs"
+    fsync: str = "batch"
+    commit_interval_ms: int = 50
+    commit_records: int = 1000
+    receive_hwm: int = 1_000_000
+    log_format: str = "auto"
+    log_level: str = "info"
+
+
+@dataclass
+class StorageSection:
+    rotate_bytes: int = 256 * 1024 * 1024
+    rotate_age_s: int = 24 * 3600
+    backlog_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass
+class CheckpointSection:
+    interval: float = 300.0
+    keep: int = 288
+
+
+@dataclass
+class EnrichSection:
+    sender_fields: list[str] = field(default_factory=lambda: ["sender", "from", "agent", "source"])
+    recipient_fields: list[str] = field(default_factory=lambda: ["recipient", "to", "target"])
+    thread_fields: list[str] = field(
+        default_factory=lambda: ["thread_id", "continuation_id", "conversation_id", "session_id"]
+    )
+    parent_fields: list[str] = field(default_factory=lambda: ["parent_id", "in_reply_to", "reply_to"])
+    kind_fields: list[str] = field(default_factory=lambda: ["kind", "type", "chain_type"])
+    tier_fields: list[str] = field(default_factory=lambda: ["tier", "ace_tier"])
+    sender_seq_field: str = "sender_seq"
+    tags: list[dict] = field(default_factory=list)
+    disable: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    daemon: DaemonSection = field(default_factory=DaemonSection)
+    storage: StorageSection = field(default_factory=StorageSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    enrich: EnrichSection = field(default_factory=EnrichSection)
+    source: str | None = None
+
+    @property
+    def log_dir(self) -> Path:
+        return Path(self.daemon.log_dir).expanduser()
+
+
+SECTIONS = {f.name: f.default_factory for f in fields(Config) if f.name != "source"}
+
+
+def _check(key: str, hint: Any, value: Any, source: str | None) -> Any:
+    """``value`` converted to the key's type, or ConfigError."""
+    origin = typing.get_origin(hint)
+    if origin is list:
+        if isinstance(value, str) and source and source.startswith("$"):
+            value = [v for v in value.split(",") if v] if value else []
+        if not isinstance(value, list):
+            raise ConfigError(key, f"must be a list, got {value!r}", source)
+        (item,) = typing.get_args(hint)
+        return [_check(key, item, v, source) for v in value]
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"must be a table, got {value!r}", source)
+        return value
+    if hint in (int, float) and isinstance(value, str) and source and source.startswith("$"):
+        try:
+            value = hint(value)
+        except ValueError:
+            raise ConfigError(key, f"must be a number, got {value!r}", source) from None
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, hint) or isinstance(value, bool):
+        raise ConfigError(key, f"must be {hint.__name__}, got {value!r}", source)
+    if hint in (int, float) and value <= 0:
+        raise ConfigError(key, f"must be greater than 0, got {value!r}", source)
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(key, f"must be one of {', '.join(CHOICES[key])}, got {value!r}", source)
+    if key in ("daemon.connect", "daemon.bind") and not ENDPOINT.match(value):
+        raise ConfigError(key, f"{value!r} is not a ZeroMQ endpoint such as tcp://127.0.0.1:5555", source)
+    return value
+
+
+def _check_tags(tags: list[dict], source: str | None) -> None:
+    for i, tag in enumerate(tags):
+        key = f"enrich.tags[{i}]"
+        unknown = set(tag) - TAG_KEYS
+        if unknown:
+            raise ConfigError(f"{key}.{sorted(unknown)[0]}", "unknown key (use name, keywords, regex)", source)
+        if not isinstance(tag.get("name"), str) or not tag["name"]:
+            raise ConfigError(f"{key}.name", "every tag rule needs a name", source)
+        kw = tag.get("keywords", [])
+        if not isinstance(kw, list) or not all(isinstance(k, str) for k in kw):
+            raise ConfigError(f"{key}.keywords", "must be a list of strings", source)
+        try:
+            re.compile(tag.get("regex", ""))
+        except (re.error, TypeError) as exc:
+            raise ConfigError(f"{key}.regex", f"does not compile: {exc}", source) from None
+
+
+def apply(cfg: Config, values: dict[str, dict[str, Any]], source: str | None) -> None:
+    """Set ``{section: {key: value}}`` on ``cfg``, checking every key."""
+    for section, table in values.items():
+        if section not in SECTIONS:
+            raise ConfigError(section, f"unknown section (known: {', '.join(SECTIONS)})", source)
+        if not isinstance(table, dict):
+            raise ConfigError(section, "must be a table", source)
+        target = getattr(cfg, section)
+        hints = typing.get_type_hints(type(target))
+        for key, value in table.items():
+            if key not in hints:
+                raise ConfigError(f"{section}.{key}", f"unknown key (known: {', '.join(hints)})", source)
+            setattr(target, key, _check(f"{section}.{key}", hints[key], value, source))
+    _check_tags(cfg.enrich.tags, source)
+
+
+def find_file(explicit: str | None) -> Path | None:
+    """The config file to read: ``--config``, ``$PERSIST_CONFIG``, then the search path."""
+    if explicit or os.environ.get("PERSIST_CONFIG"):
+        return Path(explicit or os.environ["PERSIST_CONFIG"]).expanduser()
+    for candidate in SEARCH_PATH:
+        if candidate.expanduser().is_file():
+            return candidate.expanduser()
+    return None
+
+
+def _from_env() -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for section, make in SECTIONS.items():
+        for f in fields(make()):
+            names = [f"PERSIST_{section}_{f.name}".upper()]
+            if section == "daemon":
+                names.insert(0, f"PERSIST_{f.name}".upper())
+            for name in names:
+                if name in os.environ:
+                    found.setdefault(section, {})[f.name] = os.environ[name]
+                    break
+    return found
+
+
+def load(explicit: str | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Build the config from file, environment and flag ``overrides``."""
+    cfg = Config()
+    path = find_file(explicit)
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError("--config", f"{path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+        apply(cfg, data, str(path))
+        cfg.source = str(path)
+    for name, table in _from_env().items():
+        for key, value in table.items():
+            env = f"$PERSIST_{key.upper()}" if name == "daemon" else f"$PERSIST_{name}_{key}".upper()
+            apply(cfg, {name: {key: value}}, env)
+    if overrides:
+        apply(cfg, {s: t for s, t in overrides.items() if t}, "command line")
+    return cfg

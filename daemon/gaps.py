@@ -1,0 +1,72 @@
+"""Loss accounting: which messages the recorder knows it did not get.
+
+``SenderSequences`` follows each sender's own sequence number (``meta.sender_seq``,
+stamped by publishers) and names the numbers that never arrived. ``Outage``
+remembers when the bus connection dropped. Both only produce the payloads of
+``$persist/gap`` records; the loop writes them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any
+
+from persist.daemon.record import iso_utc
+
+MAX_SENDERS = 10_000
+MAX_LISTED = 100  # missing numbers listed one by one before only ranges are given
+
+
+class SenderSequences:
+    """Last sequence number seen per sender; reports what was skipped."""
+
+    def __init__(self) -> None:
+        self.last: OrderedDict[str, int] = OrderedDict()
+
+    def observe(self, sender: Any, number: Any) -> dict[str, Any] | None:
+        """A gap payload if ``number`` skips past the last seen from ``sender``."""
+        if not isinstance(number, int) or isinstance(number, bool) or sender is None:
+            return None
+        key = str(sender)
+        previous = self.last.get(key)
+        self.last[key] = number
+        self.last.move_to_end(key)
+        if len(self.last) > MAX_SENDERS:
+            self.last.popitem(last=False)
+        if previous is None or number <= previous + 1:
+            return None  # first sight, in order, or a restarted publisher
+        missing = number - previous - 1
+        gap: dict[str, Any] = {
+            "reason": "sender_seq",
+            "sender": key,
+            "missing_from": previous + 1,
+            "missing_to": number - 1,
+            "missing_count": missing,
+        }
+        if missing <= MAX_LISTED:
+            gap["missing"] = list(range(previous + 1, number))
+        return gap
+
+
+class Outage:
+    """Bus disconnects per endpoint, turned into a gap payload on reconnect."""
+
+    def __init__(self) -> None:
+        self.down_since: dict[str, float] = {}
+
+    def disconnected(self, endpoint: str) -> None:
+        self.down_since.setdefault(endpoint, time.time())
+
+    def connected(self, endpoint: str) -> dict[str, Any] | None:
+        since = self.down_since.pop(endpoint, None)
+        if since is None:
+            return None
+        now = time.time()
+        return {
+            "reason": "bus_disconnected",
+            "endpoint": endpoint,
+            "from": iso_utc(int(since * 1e9)),
+            "to": iso_utc(int(now * 1e9)),
+            "seconds": round(now - since, 3),
+        }

@@ -1,0 +1,316 @@
+"""The daemon's main loop: receive a batch → enrich → encode → append → commit.
+
+``Recorder.run()`` is the one loop that receives, hands batches to the writer
+and acts, at safe points between batches, on what signal handlers and the
+control socket asked for (stop, reload). Signal handlers only note the signal
+(through ``signal.set_wakeup_fd``); no work happens inside them, and shutdown
+is the same code path as the end of a normal batch.
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import zmq
+
+from persist.daemon import enrich, reader
+from persist.daemon.bus import Bus
+from persist.daemon.config import Config
+from persist.daemon.control import ControlServer
+from persist.daemon.gaps import Outage, SenderSequences
+from persist.daemon.record import Message, encode, iso_utc, system_message
+from persist.daemon.spool import Spool
+from persist.daemon.store import DiskFull, LogDir, SegmentWriter, repair_tail
+
+BATCH = 1000  # messages taken from the socket per turn of the loop
+DRAIN_SECONDS = 3.0  # at shutdown, how long queued messages may still be drained
+SPOOL_RETRY_SECONDS = 1.0
+log = structlog.get_logger("persist.daemon")
+
+
+class Recorder:
+    """Records one log directory; built by ``main``, driven by ``run()``."""
+
+    def __init__(self, cfg: Config, reload: Callable[[], Config]) -> None:
+        self.cfg = cfg
+        self.reload_config = reload
+        self.log = LogDir(cfg.log_dir)
+        self.writer = SegmentWriter(self.log, cfg.daemon.fsync)
+        self.enrich = enrich.pipeline(cfg.enrich)
+        self.senders = SenderSequences()
+        self.outage = Outage()
+        self.spool = Spool(cfg.storage.backlog_bytes)
+        self.seq = 0
+        self.pending = 0  # records appended since the last commit
+        self.pending_since = 0.0
+        self.started = time.time()
+        self.recorded = 0
+        self.gaps = 0
+        self.rate = deque(maxlen=11)  # (time, recorded) once a second
+        self.signals: list[int] = []
+        self.ctx = zmq.Context()
+
+    # --- start -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Repair what a crash left, resume ``seq``, open the bus and the control socket."""
+        self.log.create()
+        repaired = repair_tail(self.log.active, self.log.recovery)
+        last = reader.last_record(self.log)
+        self.seq = last.seq if last else 0
+        active = reader.first_record(self.log.active)
+        self.writer.open(active.seq if active else None, _epoch(active.rec["received_at"]) if active else None)
+        self.bus = Bus(self.ctx, self.cfg.daemon)
+        self.control = ControlServer(
+            self.ctx, self.log.control_endpoint, {"ping": lambda _: {"pong": True}, "status": self.status}
+        )
+        self.wakeup_r, wakeup_w = socket.socketpair()
+        wakeup_w.setblocking(False)
+        self.wakeup_w = wakeup_w
+        signal.set_wakeup_fd(wakeup_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(sig, self._note_signal)
+        self.poller = zmq.Poller()
+        for s in (self.bus.sock, self.bus.monitor, self.control.sock, self.wakeup_r.fileno()):
+            self.poller.register(s, zmq.POLLIN)
+        if repaired:
+            log.warning("repaired_torn_tail", file=str(repaired.path), bytes=repaired.bytes,
+                        quarantined=str(repaired.quarantined))
+            self.record_system("recovered", {"file": repaired.path.name, "bytes_quarantined": repaired.bytes,
+                                             "lines_quarantined": repaired.lines,
+                                             "quarantined_to": str(repaired.quarantined.relative_to(self.log.root)),
+                                             "resumed_after_seq": self.seq})
+        if last is not None and last.rec.get("topic") != "$persist/stop":
+            self.record_gap({"reason": "not_running", "from": last.rec["received_at"],
+                             "to": iso_utc(time.time_ns()), "last_seq_before": last.seq})
+        self.record_system("start", {"pid": os.getpid(), "config": self.cfg.source,
+                                     "endpoints": self.bus.endpoints, "resumed_after_seq": self.seq})
+        self.commit()
+        log.info("recording", log_dir=str(self.log.root), endpoints=self.bus.endpoints,
+                 subscribe=self.bus.subscriptions, fsync=self.cfg.daemon.fsync, next_seq=self.seq + 1)
+
+    def _note_signal(self, signum: int, _frame: Any) -> None:
+        self.signals.append(signum)
+
+    # --- the loop --------------------------------------------------------------
+
+    def run(self) -> None:
+        """Record until SIGTERM/SIGINT; then drain, commit and return."""
+        stopping = False
+        while not stopping:
+            ready = dict(self.poller.poll(self._timeout_ms()))
+            if self.bus.sock in ready:
+                self.record_batch(self.bus.receive(BATCH))
+            if self.bus.monitor in ready:
+                self.note_bus_events()
+            if self.control.sock in ready:
+                self.control.serve()
+            if self.wakeup_r.fileno() in ready:
+                stopping = self.act_on_signals()
+            self.commit_if_due()
+            self.housekeeping()
+        self.shutdown()
+
+    def _timeout_ms(self) -> int:
+        if self.pending:
+            due = self.pending_since + self.cfg.daemon.commit_interval_ms / 1000
+            return max(0, int((due - time.monotonic()) * 1000) + 1)
+        return 1000
+
+    def record_batch(self, batch: list[list[bytes]]) -> None:
+        """Enrich and encode each message, then append the whole batch at once."""
+        received_ns = time.time_ns()
+        lines = []
+        for frames in batch:
+            if self.spool.full:
+                self.spool.drop(received_ns)
+                continue
+            msg = Message.from_frames(frames, received_ns)
+            meta = self.enrich(msg)
+            if "sender_seq" in meta:
+                gap = self.senders.observe(meta.get("sender"), meta["sender_seq"])
+                if gap:
+                    lines.append(self._gap_line(gap, received_ns))
+            lines.append(self._encode(msg, meta))
+        self.append(lines)
+
+    def _encode(self, msg: Message, meta: dict[str, Any]) -> bytes:
+        self.seq += 1
+        try:
+            return encode(msg, self.seq, meta)
+        except TypeError as exc:  # a plugin enricher returned something not JSON
+            return encode(msg, self.seq, {"enrich_error": [f"meta not serialisable: {exc}"]})
+
+    def _gap_line(self, gap: dict[str, Any], received_ns: int | None = None) -> bytes:
+        self.gaps += 1
+        log.warning("gap", **gap)
+        return self._encode(system_message("gap", gap, received_ns), {})
+
+    def record_system(self, topic: str, payload: dict[str, Any]) -> None:
+        """Write a ``$persist/<topic>`` record about the daemon itself."""
+        self.append([self._encode(system_message(topic, payload), {})])
+
+    def record_gap(self, gap: dict[str, Any]) -> None:
+        self.append([self._gap_line(gap)])
+
+    def append(self, lines: list[bytes]) -> None:
+        """Append lines in order; while the disk refuses, they wait in the spool."""
+        if not lines:
+            return
+        if self.spool.lines:
+            self.spool.add(lines)
+            return
+        try:
+            self.writer.append(b"".join(lines))
+        except DiskFull as exc:
+            self.spool.add(lines)
+            log.error("disk_full", error=str(exc), spooled=len(self.spool.lines),
+                      hint="free space on the log dir's filesystem; recording resumes by itself")
+            return
+        if not self.pending:
+            self.pending_since = time.monotonic()
+        self.pending += len(lines)
+        self.recorded += len(lines)
+        if self.cfg.daemon.fsync == "always" or self.pending >= self.cfg.daemon.commit_records:
+            self.commit()
+
+    def commit(self) -> None:
+        self.writer.commit()
+        self.pending = 0
+
+    def commit_if_due(self) -> None:
+        due = self.pending_since + self.cfg.daemon.commit_interval_ms / 1000
+        if self.pending and time.monotonic() >= due:
+            self.commit()
+
+    def note_bus_events(self) -> None:
+        for what, endpoint in self.bus.events():
+            if what == "disconnected":
+                log.warning("bus_disconnected", endpoint=endpoint)
+                self.outage.disconnected(endpoint)
+            else:
+                gap = self.outage.connected(endpoint)
+                log.info("bus_connected", endpoint=endpoint)
+                if gap:
+                    self.record_gap(gap)
+
+    def housekeeping(self) -> None:
+        """Once-a-second work: retry the spool, rotate, sample the rate."""
+        now = time.time()
+        if self.rate and now - self.rate[-1][0] < 1.0:
+            return
+        self.rate.append((now, self.recorded))
+        if self.spool.lines:
+            self.retry_spool()
+        storage = self.cfg.storage
+        if not self.spool.lines and self.writer.should_rotate(storage.rotate_bytes, storage.rotate_age_s, now):
+            self.commit()
+            closed = self.writer.rotate()
+            log.info("rotated", segment=str(closed))
+
+    def retry_spool(self) -> None:
+        """Write what the disk refused, then a gap record for what had to be dropped."""
+        lines, self.spool.lines = self.spool.lines, []
+        self.spool.bytes = 0
+        self.append(lines)
+        if self.spool.lines:
+            return
+        log.info("disk_space_back", written=len(lines))
+        dropped = self.spool.take_dropped()
+        if dropped:
+            self.record_gap({"reason": "disk_full", **dropped})
+        self.commit()
+
+    def act_on_signals(self) -> bool:
+        """Handle noted signals at this safe point; True when asked to stop."""
+        try:
+            while self.wakeup_r.recv(512, socket.MSG_DONTWAIT):
+                pass
+        except BlockingIOError:
+            pass
+        noted, self.signals = self.signals, []
+        for signum in noted:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                log.info("stopping", signal=signal.Signals(signum).name)
+                return True
+            if signum == signal.SIGHUP:
+                self.reload()
+        return False
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; apply subscriptions, enrichment, fsync and storage."""
+        try:
+            cfg = self.reload_config()
+        except Exception as exc:
+            log.error("reload_failed", error=str(exc), hint="fix the config; the old one stays in force")
+            return
+        self.cfg.enrich, self.cfg.storage, self.cfg.checkpoint = cfg.enrich, cfg.storage, cfg.checkpoint
+        for key in ("fsync", "commit_interval_ms", "commit_records", "subscribe", "log_level"):
+            setattr(self.cfg.daemon, key, getattr(cfg.daemon, key))
+        self.writer.fsync = cfg.daemon.fsync
+        self.enrich = enrich.pipeline(cfg.enrich)
+        self.bus.subscribe(cfg.daemon.subscribe)
+        self.spool.limit = cfg.storage.backlog_bytes
+        log.info("reloaded", config=cfg.source, subscribe=cfg.daemon.subscribe, fsync=cfg.daemon.fsync)
+
+    # --- stop ------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Drain what the socket still holds, write it, write a stop record, commit."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while time.monotonic() < deadline and (batch := self.bus.receive(BATCH)):
+            self.record_batch(batch)
+        if self.spool.lines:
+            self.retry_spool()
+        self.record_system("stop", {"pid": os.getpid(), "recorded": self.recorded,
+                                    "spooled_unwritten": len(self.spool.lines)})
+        self.commit()
+        self.close()
+        log.info("stopped", recorded=self.recorded, last_seq=self.seq)
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self.bus.close()
+        self.control.close()
+        self.writer.close()
+        self.wakeup_r.close()
+        self.wakeup_w.close()
+        self.ctx.term()
+
+    # --- status ----------------------------------------------------------------
+
+    def status(self, _arg: str = "") -> dict[str, Any]:
+        rate = 0.0
+        if len(self.rate) >= 2:
+            (t0, n0), (t1, n1) = self.rate[0], self.rate[-1]
+            rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        return {
+            "pid": os.getpid(),
+            "log_dir": str(self.log.root.resolve()),
+            "started_at": iso_utc(int(self.started * 1e9)),
+            "uptime_s": round(time.time() - self.started, 3),
+            "last_seq": self.seq,
+            "recorded": self.recorded,
+            "rate": round(rate, 1),
+            "gaps": self.gaps,
+            "endpoints": self.bus.endpoints,
+            "subscribe": self.bus.subscriptions,
+            "fsync": self.cfg.daemon.fsync,
+            "disk_full": bool(self.spool.lines),
+            "spooled": len(self.spool.lines),
+            "dropped": self.spool.dropped,
+            "active_segment_bytes": self.writer.size,
+        }
+
+
+def _epoch(iso: str) -> float:
+    """Seconds since the epoch for a record's ``received_at``."""
+    return calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S"))

@@ -1,0 +1,226 @@
+"""The log directory on disk (SPEC section 3) and the durable write path.
+
+Owns the layout (``LogDir``) and the writer's durability steps, each named for
+the guarantee it gives:
+
+* ``append``  — whole lines reach the active segment, or none of them do
+  (a short or failed write is cut back to the last whole record);
+* ``commit``  — fsync: what was appended survives power loss;
+* ``rotate``  — the active segment becomes an immutable file in ``segments/``;
+* ``repair_tail`` — after a crash, a torn last line is quarantined in
+  ``recovery/`` and the file cut back to its last whole record.
+
+It never decides *what* to write (``record`` does) and never reads for users
+(``reader`` does).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from persist.daemon.fsutil import FILE_MODE, ensure_dir, fsync_dir, write_atomically
+
+ACTIVE = "current_session.jsonl"
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class DiskFull(OSError):
+    """The disk refused an append; nothing partial was left in the file."""
+
+
+class FsyncFailed(OSError):
+    """fsync failed: the kernel may have dropped pages, so it must not be retried."""
+
+
+@dataclass(frozen=True)
+class LogDir:
+    """Paths inside one log directory."""
+
+    root: Path
+
+    @property
+    def active(self) -> Path:
+        return self.root / ACTIVE
+
+    @property
+    def segments(self) -> Path:
+        return self.root / "segments"
+
+    @property
+    def recovery(self) -> Path:
+        return self.root / "recovery"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "daemon.pid"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "daemon.lock"
+
+    @property
+    def control_endpoint(self) -> str:
+        return f"ipc://{self.root / 'daemon.sock'}"
+
+    def create(self) -> None:
+        """Make the directory tree, mode 0700."""
+        for d in (self.root, self.segments, self.recovery, self.checkpoints):
+            ensure_dir(d)
+
+    def segment_files(self) -> list[Path]:
+        """Closed segments, oldest first, then the active one if it exists."""
+        closed = sorted(self.segments.glob("*.jsonl")) if self.segments.is_dir() else []
+        return closed + ([self.active] if self.active.exists() else [])
+
+    def is_log_dir(self) -> bool:
+        return self.active.exists() or self.segments.is_dir()
+
+
+def segment_name(first_seq: int) -> str:
+    """Closed segments are named by their first seq, so names sort by seq."""
+    return f"seg-{first_seq:016d}.jsonl"
+
+
+@dataclass
+class Repair:
+    """What ``repair_tail`` cut from a file."""
+
+    path: Path
+    quarantined: Path
+    bytes: int
+    lines: int
+
+
+def last_newline(fd: int, end: int) -> int:
+    """Offset just after the last ``\\n`` before ``end`` (0 if none)."""
+    pos = end
+    while pos > 0:
+        start = max(0, pos - (1 << 20))
+        chunk = os.pread(fd, pos - start, start)
+        i = chunk.rfind(b"\n")
+        if i >= 0:
+            return start + i + 1
+        pos = start
+    return 0
+
+
+def _is_whole_record(line: bytes) -> bool:
+    try:
+        rec = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(rec, dict) and isinstance(rec.get("seq"), int)
+
+
+def repair_tail(path: Path, recovery: Path) -> Repair | None:
+    """Cut ``path`` back to its last whole record; move what follows to ``recovery/``.
+
+    A crash can leave a partial last line (or, after power loss, garbage such
+    as zeros). Those bytes are quarantined, never deleted.
+    """
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        good = last_newline(fd, size)
+        lines = 1 if good < size else 0
+        while good > 0:
+            start = last_newline(fd, good - 1)
+            if _is_whole_record(os.pread(fd, good - start, start)):
+                break
+            good, lines = start, lines + 1
+        if good == size:
+            return None
+        torn = os.pread(fd, size - good, good)
+        ensure_dir(recovery)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        quarantined = recovery / f"torn-{path.stem}-{stamp}-{good}.bin"
+        write_atomically(quarantined, torn)
+        os.ftruncate(fd, good)
+        os.fsync(fd)
+        return Repair(path, quarantined, size - good, lines)
+    finally:
+        os.close(fd)
+
+
+class SegmentWriter:
+    """Appends record lines to the active segment; commits and rotates it."""
+
+    def __init__(self, log: LogDir, fsync: str = "batch") -> None:
+        self.log = log
+        self.fsync = fsync
+        self.fd = -1
+        self.size = 0
+        self.opened_at = time.time()
+        self.first_seq: int | None = None
+        self.uncommitted = 0
+
+    def open(self, first_seq: int | None = None, first_time: float | None = None) -> None:
+        """Open (or create) the active segment for appending.
+
+        ``first_seq``/``first_time`` describe its first record if it has one;
+        the segment's age for rotation counts from that record.
+        """
+        self.fd = os.open(self.log.active, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        self.size = os.fstat(self.fd).st_size
+        self.opened_at = first_time if first_time is not None else time.time()
+        self.first_seq = first_seq
+        fsync_dir(self.log.root)
+
+    def append(self, data: bytes) -> None:
+        """Write whole lines; on any failure cut the file back so no partial line stays."""
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError as exc:
+            os.ftruncate(self.fd, self.size)
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise DiskFull(exc.errno, f"{exc.strerror}: {self.log.active}") from None
+            raise
+        if self.first_seq is None:  # the segment's first record names it at rotation
+            self.first_seq, self.opened_at = orjson.loads(data[: data.index(b"\n")])["seq"], time.time()
+        self.size += len(data)
+        self.uncommitted += 1
+
+    def commit(self) -> None:
+        """fsync what was appended (unless ``--fsync off``)."""
+        if self.uncommitted and self.fsync != "off":
+            try:
+                os.fdatasync(self.fd)
+            except OSError as exc:
+                raise FsyncFailed(exc.errno, f"fsync of {self.log.active} failed: {exc.strerror}") from None
+        self.uncommitted = 0
+
+    def rotate(self) -> Path | None:
+        """Close the active segment into ``segments/`` and start a new one."""
+        if self.first_seq is None:
+            return None
+        self.commit()
+        os.fsync(self.fd)
+        os.close(self.fd)
+        closed = self.log.segments / segment_name(self.first_seq)
+        os.rename(self.log.active, closed)
+        fsync_dir(self.log.segments)
+        self.open()
+        return closed
+
+    def should_rotate(self, max_bytes: int, max_age: float, now: float) -> bool:
+        return self.first_seq is not None and (self.size >= max_bytes or now - self.opened_at >= max_age)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.commit()
+            os.close(self.fd)
+            self.fd = -1
