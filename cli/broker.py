@@ -16,8 +16,11 @@ import zmq
 HWM = 1_000_000
 
 
-def run_proxy(frontend: str, backend: str, stop: threading.Event, ready: threading.Event | None = None) -> None:
-    """Forward publishers on ``frontend`` to subscribers on ``backend`` until ``stop`` is set."""
+def run_proxy(frontend: str, backend: str, stop: threading.Event) -> None:
+    """Forward publishers on ``frontend`` to subscribers on ``backend`` until ``stop`` is set.
+
+    Says where it listens on stderr (the real ports when ``*`` was asked for).
+    """
     ctx = zmq.Context()
     xsub, xpub = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB)
     for sock in (xsub, xpub):
@@ -32,9 +35,10 @@ def run_proxy(frontend: str, backend: str, stop: threading.Event, ready: threadi
         raise click.ClickException(f"cannot bind {exc.strerror}: is another broker running on {frontend} or {backend}?") from None
     thread = threading.Thread(target=_proxy, args=(xsub, xpub), daemon=True)
     thread.start()
-    if ready:
-        ready.set()
-    stop.wait()
+    front, back = (s.getsockopt_string(zmq.LAST_ENDPOINT) for s in (xsub, xpub))
+    click.echo(f"broker: publishers connect to {front}, subscribers to {back} (Ctrl-C stops)", err=True)
+    while not stop.wait(0.5):
+        pass
     ctx.destroy(linger=0)
     thread.join(timeout=2)
 
@@ -57,5 +61,4 @@ def broker(frontend: str, backend: str) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    click.echo(f"broker: publishers connect to {frontend}, subscribers to {backend} (Ctrl-C stops)", err=True)
     run_proxy(frontend, backend, stop)

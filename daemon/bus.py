@@ -31,11 +31,12 @@ class Bus:
         self.subscriptions: list[str] = []
         self.subscribe(cfg.subscribe)
         self.monitor = self.sock.get_monitor_socket(MONITORED)
-        self.endpoints = list(cfg.connect) + list(cfg.bind)
+        self.endpoints = list(cfg.connect)
         for endpoint in cfg.connect:
             self._attach(self.sock.connect, endpoint, "connect to")
         for endpoint in cfg.bind:
             self._attach(self.sock.bind, endpoint, "bind")
+            self.endpoints.append(self.sock.getsockopt_string(zmq.LAST_ENDPOINT))
         self.connected_to = set(cfg.connect)
 
     def _attach(self, how, endpoint: str, verb: str) -> None:

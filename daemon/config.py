@@ -148,8 +148,9 @@ def _check_tags(tags: list[dict], source: str | None) -> None:
             raise ConfigError(f"{key}.regex", f"does not compile: {exc}", source) from None
 
 
-def apply(cfg: Config, values: dict[str, dict[str, Any]], source: str | None) -> None:
-    """Set ``{section: {key: value}}`` on ``cfg``, checking every key."""
+def apply(cfg: Config, values: dict[str, dict[str, Any]], source: str | None) -> set[str]:
+    """Set ``{section: {key: value}}`` on ``cfg``, checking every key; return the keys set."""
+    done = set()
     for section, table in values.items():
         if section not in SECTIONS:
             raise ConfigError(section, f"unknown section (known: {', '.join(SECTIONS)})", source)
@@ -161,7 +162,9 @@ def apply(cfg: Config, values: dict[str, dict[str, Any]], source: str | None) ->
             if key not in hints:
                 raise ConfigError(f"{section}.{key}", f"unknown key (known: {', '.join(hints)})", source)
             setattr(target, key, _check(f"{section}.{key}", hints[key], value, source))
+            done.add(f"{section}.{key}")
     _check_tags(cfg.enrich.tags, source)
+    return done
 
 
 def find_file(explicit: str | None) -> Path | None:
@@ -191,6 +194,7 @@ def _from_env() -> dict[str, dict[str, Any]]:
 def load(explicit: str | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
     """Build the config from file, environment and flag ``overrides``."""
     cfg = Config()
+    given: set[str] = set()
     path = find_file(explicit)
     if path is not None:
         try:
@@ -202,12 +206,14 @@ def load(explicit: str | None = None, overrides: dict[str, dict[str, Any]] | Non
             raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
         except OSError as exc:
             raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
-        apply(cfg, data, str(path))
+        given |= apply(cfg, data, str(path))
         cfg.source = str(path)
     for name, table in _from_env().items():
         for key, value in table.items():
             env = f"$PERSIST_{key.upper()}" if name == "daemon" else f"$PERSIST_{name}_{key}".upper()
-            apply(cfg, {name: {key: value}}, env)
+            given |= apply(cfg, {name: {key: value}}, env)
     if overrides:
-        apply(cfg, {s: t for s, t in overrides.items() if t}, "command line")
+        given |= apply(cfg, {s: t for s, t in overrides.items() if t}, "command line")
+    if cfg.daemon.bind and "daemon.connect" not in given:
+        cfg.daemon.connect = []  # binding replaces the default broker, not adds to it
     return cfg

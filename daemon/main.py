@@ -32,7 +32,7 @@ def fail(code: int, message: str) -> None:
 
 def flag_overrides(connect, bind, subscribe, log_dir, checkpoint_interval, fsync, log_format, log_level):
     daemon = {
-        "connect": list(connect) or ([] if bind else None),
+        "connect": list(connect) or None,
         "bind": list(bind) or None,
         "subscribe": list(subscribe) or None,
         "log_dir": log_dir,

@@ -1,0 +1,67 @@
+"""Fixtures: a real broker, real daemons and publishers, each test on its own ports and dirs."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import zmq
+
+from procs import Broker, Daemon, Publisher, short_tmpdir
+
+
+@pytest.fixture
+def ctx():
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+@pytest.fixture
+def workdir():
+    d = short_tmpdir()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def log_dir(workdir):
+    return workdir / "logs"
+
+
+@pytest.fixture
+def broker():
+    b = Broker()
+    yield b
+    b.kill()
+
+
+@pytest.fixture
+def start_daemon(broker, log_dir):
+    """Start ``persist-daemon`` on the test broker; stopped (or killed) at teardown."""
+    started = []
+
+    def start(*args, log_dir=log_dir, connect=True, env=None, wait=True):
+        extra = ["--connect", broker.backend] if connect else []
+        d = Daemon(log_dir, *extra, *args, env=env).start(wait=wait)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.kill9()
+
+
+@pytest.fixture
+def publish(ctx, broker):
+    pubs = []
+
+    def make():
+        p = Publisher(ctx, broker.frontend)
+        pubs.append(p)
+        return p
+
+    yield make
+    for p in pubs:
+        p.close()

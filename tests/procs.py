@@ -1,0 +1,146 @@
+"""Real processes for tests: a broker, a daemon, publishers, on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import zmq
+
+from persist.daemon import reader
+from persist.daemon.control import ControlError, ask
+from persist.daemon.store import LogDir
+
+BIN = Path(sys.executable).parent
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def short_tmpdir(prefix: str = "persist-") -> Path:
+    """A short path (ipc socket paths are limited to 107 bytes)."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+class Broker:
+    """``persist-cli broker`` as a subprocess, on free ports (or the ports it had before)."""
+
+    def __init__(self, frontend: str = "tcp://127.0.0.1:*", backend: str = "tcp://127.0.0.1:*") -> None:
+        self.proc = subprocess.Popen(
+            [BIN / "persist-cli", "broker", "--frontend", frontend, "--backend", backend],
+            stderr=subprocess.PIPE, text=True,
+        )
+        line = self.proc.stderr.readline()
+        m = re.search(r"publishers connect to (\S+), subscribers to (\S+)", line)
+        assert m, f"broker did not start: {line!r}"
+        self.frontend, self.backend = m.group(1), m.group(2)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stderr.close()
+
+    def restart(self) -> None:
+        self.kill()
+        self.__init__(self.frontend, self.backend)
+
+
+class Daemon:
+    """``persist-daemon`` as a subprocess recording into ``log_dir``."""
+
+    def __init__(self, log_dir: Path, *args: str, env: dict | None = None) -> None:
+        self.log_dir = Path(log_dir)
+        self.log = LogDir(self.log_dir)
+        self.args = [str(BIN / "persist-daemon"), "--log-dir", str(self.log_dir), "--log-format", "json", *args]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self.stderr_path = self.log_dir.parent / f"{self.log_dir.name}.daemon.err"
+
+    def start(self, wait: bool = True) -> Daemon:
+        self.stderr = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen(self.args, stderr=self.stderr, env=self.env)
+        if wait:
+            wait_for(self.ping, what=f"daemon ping ({self.stderr_path})")
+        return self
+
+    def ping(self) -> bool:
+        assert self.proc.poll() is None, f"daemon exited {self.proc.returncode}: {self.errors()}"
+        try:
+            return ask(self.log.control_endpoint, "ping", timeout_ms=500)["ok"]
+        except ControlError:
+            return False
+
+    def status(self) -> dict:
+        return ask(self.log.control_endpoint, "status")
+
+    def errors(self) -> str:
+        return self.stderr_path.read_text() if self.stderr_path.exists() else ""
+
+    def stop(self, timeout: float = 10.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self.stderr.close()
+        return code
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.stderr.close()
+
+    def records(self) -> list[reader.Entry]:
+        return list(reader.records(self.log))
+
+    def user_records(self) -> list[reader.Entry]:
+        """Records of what the test published: no ``$persist/`` records, no join probes."""
+        return [e for e in self.records() if not e.rec["topic"].startswith(("$persist/", "warmup"))]
+
+    def wait_records(self, n: int, timeout: float = 20.0) -> list[reader.Entry]:
+        """Wait until at least ``n`` of the test's own records are in the files."""
+        def enough():
+            found = self.user_records()
+            return found if len(found) >= n else None
+
+        return wait_for(enough, timeout, interval=0.05, what=f"{n} records")
+
+
+class Publisher:
+    """A PUB socket on the broker's frontend that only sends once the daemon is subscribed."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
+        self.sock = ctx.socket(zmq.PUB)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.LINGER, 5000)
+        self.sock.connect(endpoint)
+
+    def join(self, daemon: Daemon, topic: bytes = b"warmup") -> None:
+        """Send probes until the daemon records one (the slow-joiner effect)."""
+        def seen():
+            self.sock.send_multipart([topic, b'{"probe":true}'])
+            time.sleep(0.05)
+            return any(e.rec["topic"] == topic.decode() for e in daemon.records())
+        wait_for(seen, what="the daemon to receive a probe")
+
+    def send(self, *frames: bytes) -> None:
+        self.sock.send_multipart(list(frames))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def run(*args: str, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run one of our console scripts and capture its output."""
+    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)

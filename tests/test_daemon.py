@@ -1,0 +1,236 @@
+"""persist-daemon as a user runs it: a real broker, real publishers, real signals, real files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import threading
+import time
+
+import orjson
+
+from persist.daemon import reader
+from procs import Daemon, Publisher, run, wait_for
+
+MIXED = [
+    [b"agent.chat", b'{"sender":"claude_code","recipient":"gemini_cli","thread_id":"t-1","kind":"request","text":"review this"}'],
+    [b"agent.chat", b'{\n  "pretty": true\n}\n'],
+    [b"agent.bin", b"\xff\xfe\x00\x01 binary"],
+    [b"agent.text", "plain text, not json — ünïcode".encode()],
+    [b"agent.scalar", b"12345"],
+    [b"agent.list", b'[1, "two", null]'],
+    [b"agent.multi", b"{}", b"extra-1", b"\x00\x01", b""],
+    [b"agent.empty", b""],
+    [b'{"one": "frame"}'],
+    [b"agent.badjson", b'{"unterminated": '],
+    [b"agent.badutf8", b'{"a": "\xc3\x28"}'],
+]
+
+
+def user_frames(daemon):
+    return [e.frames() for e in daemon.user_records()]
+
+
+def test_records_every_kind_of_message_exactly_once_byte_for_byte(start_daemon, publish):
+    daemon = start_daemon()
+    pubs = [publish() for _ in range(3)]
+    for p in pubs:
+        p.join(daemon)
+    big = [b"agent.big", b'{"blob":"' + os.urandom(6 * 1024 * 1024).hex().encode() + b'"}']  # 12 MiB of JSON
+    sent = []
+    for i, frames in enumerate(MIXED * 3):
+        tagged = frames if len(frames) == 1 else [frames[0] + b".%d" % i, *frames[1:]]
+        pubs[i % 3].send(*tagged)
+        sent.append(tagged)
+    pubs[0].send(*big)
+    sent.append(big)
+    daemon.wait_records(len(sent))
+    got = user_frames(daemon)
+    key = lambda fs: b"\x00".join(fs)  # noqa: E731
+    assert sorted(map(key, got)) == sorted(map(key, sent)), "every message once, byte for byte"
+    seqs = [e.seq for e in daemon.records()]
+    assert seqs == list(range(1, len(seqs) + 1)), "seq is strictly continuous"
+    assert daemon.stop() == 0
+
+
+def test_enrichment_from_the_payload(start_daemon, publish):
+    daemon = start_daemon()
+    p = publish()
+    p.join(daemon)
+    p.send(b"agent.chat", MIXED[0][1])
+    (entry,) = daemon.wait_records(1)
+    meta = entry.rec["meta"]
+    assert meta["sender"] == "claude_code" and meta["recipient"] == "gemini_cli"
+    assert meta["thread_id"] == "t-1" and meta["kind"] == "request" and meta["bytes"] == len(MIXED[0][1])
+    daemon.stop()
+
+
+def test_sigterm_drains_everything_queued_within_five_seconds(start_daemon, publish):
+    daemon = start_daemon()
+    p = publish()
+    p.join(daemon)
+    n = 30_000
+    for i in range(n):
+        p.send(b"burst", b'{"i":%d,"pad":"%s"}' % (i, b"x" * 300))
+    time.sleep(0.5)  # let the broker hand them over; the daemon is still busy writing
+    t0 = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - t0 < 5.0
+    recs = daemon.records()
+    assert sum(1 for e in recs if e.rec["topic"] == "burst") == n
+    assert recs[-1].rec["topic"] == "$persist/stop"
+    assert not daemon.log.pid_file.exists() and not (daemon.log_dir / "daemon.sock").exists()
+
+
+def test_kill_9_then_torn_line_then_restart_loses_nothing(start_daemon, publish):
+    daemon = start_daemon()
+    p = publish()
+    p.join(daemon)
+    for i in range(500):
+        p.send(b"before", b'{"i":%d}' % i)
+    daemon.wait_records(500)
+    daemon.kill9()
+    before = daemon.log.active.read_bytes()
+    torn = b'{"v":1,"seq":999999,"id":"torn-in-the-mid'
+    with open(daemon.log.active, "ab") as f:
+        f.write(torn)
+    last_seq = max(e.seq for e in daemon.records())
+
+    daemon.start()
+    assert daemon.log.active.read_bytes().startswith(before), "nothing written before the kill is lost"
+    (quarantined,) = list(daemon.log.recovery.iterdir())
+    assert quarantined.read_bytes() == torn
+    p.send(b"after", b'{"i":1}')
+    wait_for(lambda: any(e.rec["topic"] == "after" for e in daemon.records()), what="record after restart")
+    recs = daemon.records()
+    assert [e.seq for e in recs] == list(range(1, len(recs) + 1))
+    topics = [e.rec["topic"] for e in recs if e.seq > last_seq]
+    assert topics[:3] == ["$persist/recovered", "$persist/gap", "$persist/start"]
+    recovered = next(e for e in recs if e.rec["topic"] == "$persist/recovered").rec["payload"]
+    assert recovered["bytes_quarantined"] == len(torn) and recovered["resumed_after_seq"] == last_seq
+    gap = next(e for e in recs if e.rec["topic"] == "$persist/gap").rec["payload"]
+    assert gap["reason"] == "not_running"
+    assert daemon.stop() == 0
+
+
+def test_second_daemon_on_the_same_dir_exits_1_naming_the_holder(start_daemon, broker, log_dir):
+    first = start_daemon()
+    result = run("persist-daemon", "--log-dir", str(log_dir), "--connect", broker.backend)
+    assert result.returncode == 1
+    assert f"pid {first.proc.pid}" in result.stderr and "Traceback" not in result.stderr
+    assert first.ping()
+
+
+def test_files_and_control_socket_are_private(start_daemon):
+    daemon = start_daemon()
+    status = daemon.status()
+    assert status["pid"] == daemon.proc.pid and status["last_seq"] >= 1
+    assert int(daemon.log.pid_file.read_text()) == daemon.proc.pid
+    assert stat.S_IMODE(os.stat(daemon.log_dir / "daemon.sock").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(daemon.log.active).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(daemon.log_dir).st_mode) == 0o700
+    daemon.stop()
+
+
+def test_logs_are_json_lines_when_not_on_a_tty(start_daemon):
+    daemon = start_daemon()
+    daemon.stop()
+    events = [orjson.loads(line)["event"] for line in daemon.errors().splitlines()]
+    assert "recording" in events and "stopped" in events
+
+
+def test_broker_restart_is_recorded_as_a_gap_and_recording_resumes(start_daemon, publish, broker):
+    daemon = start_daemon()
+    p = publish()
+    p.join(daemon)
+    broker.restart()
+    wait_for(lambda: any(e.rec["topic"] == "$persist/gap" for e in daemon.records()), what="gap record")
+    gap = next(e for e in daemon.records() if e.rec["topic"] == "$persist/gap").rec["payload"]
+    assert gap["reason"] == "bus_disconnected" and gap["endpoint"] == broker.backend
+    p.join(daemon, topic=b"warmup.after-restart")
+    daemon.stop()
+
+
+def test_missing_sender_sequence_numbers_become_a_gap_record(start_daemon, publish):
+    daemon = start_daemon()
+    p = publish()
+    p.join(daemon)
+    for n in (1, 2, 3, 7, 8):
+        p.send(b"agent.chat", b'{"sender":"planner","sender_seq":%d}' % n)
+    daemon.wait_records(5)
+    gaps = [e.rec["payload"] for e in daemon.records() if e.rec["topic"] == "$persist/gap"]
+    assert gaps == [{"reason": "sender_seq", "sender": "planner", "missing_from": 4, "missing_to": 6,
+                     "missing_count": 3, "missing": [4, 5, 6]}]
+    daemon.stop()
+
+
+def test_rotation_by_size_keeps_seq_continuous(start_daemon, publish, workdir):
+    cfg = workdir / "persist.toml"
+    cfg.write_text("[storage]\nrotate_bytes = 20000\n")
+    daemon = start_daemon("--config", str(cfg))
+    p = publish()
+    p.join(daemon)
+    for batch in range(5):
+        for i in range(100):
+            p.send(b"r", b'{"batch":%d,"i":%d}' % (batch, i))
+        time.sleep(1.1)  # rotation is checked once a second
+    daemon.wait_records(500)
+    daemon.stop()
+    assert len(list(daemon.log.segments.iterdir())) >= 2
+    seqs = [e.seq for e in reader.records(daemon.log)]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_sighup_reloads_subscriptions(start_daemon, publish, workdir):
+    cfg = workdir / "persist.toml"
+    cfg.write_text('[daemon]\nsubscribe = ["keep", "warmup"]\n')
+    daemon = start_daemon("--config", str(cfg))
+    p = publish()
+    p.join(daemon)
+    p.send(b"keep.a", b"{}")
+    p.send(b"skip.a", b"{}")
+    daemon.wait_records(1)
+    cfg.write_text('[daemon]\nsubscribe = ["skip", "warmup"]\n')
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: daemon.status()["subscribe"] == ["skip", "warmup"], what="reload")
+    p.join(daemon)
+    p.send(b"keep.b", b"{}")
+    p.send(b"skip.b", b"{}")
+    wait_for(lambda: any(e.rec["topic"] == "skip.b" for e in daemon.records()), what="skip.b")
+    daemon.stop()
+    topics = {e.rec["topic"] for e in daemon.user_records()}
+    assert {"keep.a", "skip.b"} <= topics and not {"skip.a", "keep.b"} & topics
+
+
+def test_fsync_always_and_bind_mode(workdir, ctx):
+    daemon = Daemon(workdir / "logs", "--bind", "tcp://127.0.0.1:*", "--fsync", "always")
+    # with --bind and no --connect the daemon does not also dial the default broker
+    daemon.start()
+    status = daemon.status()
+    (endpoint,) = status["endpoints"]
+    assert endpoint.startswith("tcp://127.0.0.1:") and status["fsync"] == "always"
+    pub = Publisher(ctx, endpoint)
+    pub.join(daemon)
+    pub.close()
+    assert daemon.stop() == 0
+
+
+def test_several_publishers_in_parallel_lose_nothing(start_daemon, publish):
+    daemon = start_daemon()
+    pubs = [publish() for _ in range(4)]
+    for p in pubs:
+        p.join(daemon)
+
+    def blast(k, p):
+        for i in range(2000):
+            p.send(b"par", b'{"sender":"p%d","sender_seq":%d}' % (k, i + 1))
+
+    threads = [threading.Thread(target=blast, args=(k, p)) for k, p in enumerate(pubs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wait_for(lambda: sum(e.rec["topic"] == "par" for e in daemon.records()) == 8000, what="8000 records")
+    assert not any(e.rec["topic"] == "$persist/gap" for e in daemon.records())
+    daemon.stop()
