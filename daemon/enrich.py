@@ -48,15 +48,33 @@ def _first(payload: Any, names: list[str]) -> Any:
     return None
 
 
-def field_enricher(meta_key: str, names: list[str]) -> Enricher:
-    """Copy the first present payload field of ``names`` into ``meta[meta_key]``."""
+def fields_enricher(fields: dict[str, list[str]]) -> Enricher:
+    """Copy, for each ``meta_key: names``, the first present payload field into meta.
 
-    def enrich(msg: Message) -> dict[str, Any] | None:
-        value = _first(msg.value, names)
-        return None if value is None else {meta_key: value}
+    One function for all of them: plain names are a dict lookup each, dotted
+    names reach inside nested objects.
+    """
+    plain = [(key, tuple(names)) for key, names in fields.items() if not any("." in n for n in names)]
+    dotted = [(key, names) for key, names in fields.items() if any("." in n for n in names)]
 
-    enrich.__name__ = meta_key
-    return enrich
+    def payload_fields(msg: Message) -> dict[str, Any] | None:
+        payload = msg.value
+        if type(payload) is not dict:
+            return None
+        found = {}
+        for key, names in plain:
+            for name in names:
+                value = payload.get(name)
+                if value is not None:
+                    found[key] = value
+                    break
+        for key, names in dotted:
+            value = _first(payload, names)
+            if value is not None:
+                found[key] = value
+        return found
+
+    return payload_fields
 
 
 def kind_enricher(names: list[str]) -> Enricher:
@@ -104,17 +122,21 @@ def tokens(msg: Message) -> dict[str, Any]:
 
 
 def builtin(cfg: EnrichSection) -> list[Enricher]:
-    found: list[Enricher] = [
-        field_enricher("sender", cfg.sender_fields),
-        field_enricher("recipient", cfg.recipient_fields),
-        field_enricher("thread_id", cfg.thread_fields),
-        field_enricher("parent_id", cfg.parent_fields),
-        kind_enricher(cfg.kind_fields),
-        field_enricher("tier", cfg.tier_fields),
-        field_enricher("sender_seq", [cfg.sender_seq_field]),
-        tokens,
-    ]
-    if cfg.tags:
+    """The built-in enrichers, less those named in ``enrich.disable``."""
+    fields = {
+        "sender": cfg.sender_fields,
+        "recipient": cfg.recipient_fields,
+        "thread_id": cfg.thread_fields,
+        "parent_id": cfg.parent_fields,
+        "tier": cfg.tier_fields,
+        "sender_seq": [cfg.sender_seq_field],
+    }
+    found = [fields_enricher({k: v for k, v in fields.items() if k not in cfg.disable})]
+    if "kind" not in cfg.disable:
+        found.append(kind_enricher(cfg.kind_fields))
+    if "tokens" not in cfg.disable:
+        found.append(tokens)
+    if cfg.tags and "tags" not in cfg.disable:
         found.append(tag_enricher(cfg.tags))
     return found
 
@@ -153,5 +175,4 @@ class Pipeline:
 
 def pipeline(cfg: EnrichSection) -> Pipeline:
     """Built-ins then plugins, minus those named in ``enrich.disable``."""
-    chosen = [e for e in builtin(cfg) if getattr(e, "__name__", "") not in cfg.disable]
-    return Pipeline(chosen + plugins(cfg.disable))
+    return Pipeline(builtin(cfg) + plugins(cfg.disable))

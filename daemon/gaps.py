@@ -9,7 +9,6 @@ remembers when the bus connection dropped. Both only produce the payloads of
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from typing import Any
 
 from persist.daemon.record import iso_utc
@@ -22,18 +21,17 @@ class SenderSequences:
     """Last sequence number seen per sender; reports what was skipped."""
 
     def __init__(self) -> None:
-        self.last: OrderedDict[str, int] = OrderedDict()
+        self.last: dict[str, int] = {}  # insertion order = least recently seen first
 
     def observe(self, sender: Any, number: Any) -> dict[str, Any] | None:
         """A gap payload if ``number`` skips past the last seen from ``sender``."""
         if not isinstance(number, int) or isinstance(number, bool) or sender is None:
             return None
         key = str(sender)
-        previous = self.last.get(key)
+        previous = self.last.pop(key, None)
         self.last[key] = number
-        self.last.move_to_end(key)
         if len(self.last) > MAX_SENDERS:
-            self.last.popitem(last=False)
+            del self.last[next(iter(self.last))]
         if previous is None or number <= previous + 1:
             return None  # first sight, in order, or a restarted publisher
         missing = number - previous - 1

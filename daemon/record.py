@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +30,7 @@ import orjson
 VERSION = 1
 SYSTEM_PREFIX = "$persist/"
 NOT_JSON = object()  # Message.value when the payload is not JSON
+_random_bytes = random.Random().randbytes
 
 
 @dataclass(slots=True)
@@ -71,25 +72,35 @@ def frames_sha256(frames: list[bytes]) -> str:
     return h.hexdigest()
 
 
-def uuid7(unix_ms: int, rand: bytes) -> str:
-    """A UUIDv7 string from a millisecond timestamp and 10 random bytes."""
-    raw = bytearray(unix_ms.to_bytes(6, "big") + rand)
-    raw[6] = 0x70 | (raw[6] & 0x0F)
-    raw[8] = 0x80 | (raw[8] & 0x3F)
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
+_id_prefix: tuple[int, str] = (-1, "")
 _ts_cache: tuple[int, str] = (-1, "")
+_ts_last: tuple[int, str] = (-1, "")
+
+
+def uuid7(unix_ms: int) -> str:
+    """A UUIDv7 string: 48 bits of milliseconds, then 72 random bits (variant nibble 8).
+
+    Ids need uniqueness, not secrecy: a PRNG seeded from os.urandom, since a
+    getrandom() call per record was half the daemon's time.
+    """
+    global _id_prefix
+    if _id_prefix[0] != unix_ms:
+        h = f"{unix_ms:012x}"
+        _id_prefix = (unix_ms, f"{h[:8]}-{h[8:]}-7")
+    r = _random_bytes(9).hex()
+    return f"{_id_prefix[1]}{r[:3]}-8{r[3:6]}-{r[6:]}"
 
 
 def iso_utc(ns: int) -> str:
     """``2026-11-24T19:22:01.123456Z`` for a time in nanoseconds since the epoch."""
-    global _ts_cache
+    global _ts_cache, _ts_last
+    if _ts_last[0] == ns:  # a whole batch shares one receive time
+        return _ts_last[1]
     sec, rem = divmod(ns, 1_000_000_000)
     if _ts_cache[0] != sec:
         _ts_cache = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
-    return f"{_ts_cache[1]}.{rem // 1000:06d}Z"
+    _ts_last = (ns, f"{_ts_cache[1]}.{rem // 1000:06d}Z")
+    return _ts_last[1]
 
 
 def _b64(data: bytes) -> str:
@@ -108,7 +119,7 @@ def encode(msg: Message, seq: int, meta: dict[str, Any]) -> bytes:
     rec: dict[str, Any] = {
         "v": VERSION,
         "seq": seq,
-        "id": uuid7(msg.received_ns // 1_000_000, os.urandom(10)),
+        "id": uuid7(msg.received_ns // 1_000_000),
         "received_at": iso_utc(msg.received_ns),
         "topic": msg.topic,
     }

@@ -85,8 +85,13 @@ def test_enrichers_cannot_spoil_the_checksum():
 
 
 def test_uuid7_shape():
-    u = uuid7(1_700_000_000_000, bytes(range(10)))
-    assert len(u) == 36 and u[14] == "7" and u[19] in "89ab"
+    import uuid
+
+    ids = {uuid7(1_700_000_000_000) for _ in range(1000)}
+    assert len(ids) == 1000
+    for u in map(uuid.UUID, ids):
+        assert u.version == 7 and u.variant == uuid.RFC_4122
+        assert u.int >> 80 == 1_700_000_000_000
 
 
 @settings(max_examples=400, deadline=None)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create ./.venv (if missing) and install persist with its test tools into it.
+# Idempotent: run it again after a pull. Needs only python3 (3.11+) with venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "setup: persist needs Python 3.11 or newer; set PYTHON=/path/to/python3.11" >&2
+    exit 2
+fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+echo "setup: persist installed in .venv ($(.venv/bin/python --version))" >&2
