@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 import zmq
 
-from persist.daemon import enrich, reader
+from persist.daemon import checkpoints, enrich, reader
 from persist.daemon.bus import Bus
 from persist.daemon.config import Config
 from persist.daemon.control import ControlServer
@@ -56,6 +56,10 @@ class Recorder:
         self.gaps = 0
         self.rate = deque(maxlen=11)  # (time, recorded) once a second
         self.signals: list[int] = []
+        self.hasher = checkpoints.Hasher()
+        self.checkpointed_seq = 0  # seq of the last $persist/checkpoint record
+        self.next_checkpoint = time.monotonic() + cfg.checkpoint.interval
+        self.last_checkpoint: dict[str, Any] | None = None
         self.ctx = zmq.Context()
 
     # --- start -----------------------------------------------------------------
@@ -70,8 +74,12 @@ class Recorder:
         self.writer.open(active.seq if active else None, _epoch(active.rec["received_at"]) if active else None)
         self.bus = Bus(self.ctx, self.cfg.daemon)
         self.control = ControlServer(
-            self.ctx, self.log.control_endpoint, {"ping": lambda _: {"pong": True}, "status": self.status}
+            self.ctx,
+            self.log.control_endpoint,
+            {"ping": lambda _: {"pong": True}, "status": self.status,
+             "checkpoint": lambda label: self.checkpoint("manual", label or None)},
         )
+        self.last_checkpoint = checkpoints.latest(self.log)
         self.wakeup_r, wakeup_w = socket.socketpair()
         wakeup_w.setblocking(False)
         self.wakeup_w = wakeup_w
@@ -203,7 +211,11 @@ class Recorder:
                     self.record_gap(gap)
 
     def housekeeping(self) -> None:
-        """Once-a-second work: retry the spool, rotate, sample the rate."""
+        """Once-a-second work: checkpoint when due, retry the spool, rotate, sample the rate."""
+        if time.monotonic() >= self.next_checkpoint:
+            self.next_checkpoint = time.monotonic() + self.cfg.checkpoint.interval
+            if self.seq > self.checkpointed_seq:
+                self.checkpoint("timer")
         now = time.time()
         if self.rate and now - self.rate[-1][0] < 1.0:
             return
@@ -243,7 +255,31 @@ class Recorder:
                 return True
             if signum == signal.SIGHUP:
                 self.reload()
+            if signum == signal.SIGUSR1:
+                self.checkpoint("signal")
         return False
+
+    def checkpoint(self, reason: str, label: str | None = None) -> dict[str, Any]:
+        """Record a ``$persist/checkpoint`` record, commit, and write its manifest.
+
+        The record is inside the checkpoint it announces; only bytes appended
+        since the last checkpoint are read to hash.
+        """
+        if self.spool.lines:
+            raise RuntimeError("the disk is full: no checkpoint until space returns")
+        ident = checkpoints.new_id(self.log, time.time(), self.seq + 1)
+        self.record_system("checkpoint", {"id": ident, "reason": reason, "label": label})
+        self.commit()
+        self.checkpointed_seq = self.seq
+        closed = [(p.name, p, p.stat().st_size) for p in sorted(self.log.segments.glob("*.jsonl"))]
+        active = [] if self.writer.first_seq is None else [
+            (checkpoints.segment_name(self.writer.first_seq), self.log.active, self.writer.size)]
+        cut = checkpoints.Cut(self.seq, closed + active)
+        manifest = checkpoints.write(self.log, cut, self.hasher, reason, label, ident)
+        self.last_checkpoint = manifest
+        pruned = checkpoints.prune(self.log, self.cfg.checkpoint.keep) if not label else []
+        log.info("checkpoint", id=ident, reason=reason, label=label, last_seq=self.seq, pruned=len(pruned))
+        return {"checkpoint": {k: manifest[k] for k in ("id", "label", "reason", "created_at", "last_seq")}}
 
     def reload(self) -> None:
         """SIGHUP: re-read the config; apply subscriptions, enrichment, fsync and storage."""
@@ -270,6 +306,8 @@ class Recorder:
             self.record_batch(batch)
         if self.spool.lines:
             self.retry_spool()
+        if not self.spool.lines:
+            self.checkpoint("shutdown")
         self.record_system("stop", {"pid": os.getpid(), "recorded": self.recorded,
                                     "spooled_unwritten": len(self.spool.lines)})
         self.commit()
@@ -308,6 +346,8 @@ class Recorder:
             "spooled": len(self.spool.lines),
             "dropped": self.spool.dropped,
             "active_segment_bytes": self.writer.size,
+            "last_checkpoint": None if self.last_checkpoint is None else {
+                k: self.last_checkpoint[k] for k in ("id", "label", "reason", "created_at", "last_seq")},
         }
 
 

@@ -1,0 +1,114 @@
+"""``persist-cli menu`` (and a bare ``persist-cli`` on a terminal): the interactive front door.
+
+Arrow keys (or j/k) and Enter, or a typed number; q, Esc or Ctrl-C go back.
+The terminal is left clean however it ends: the menu only writes lines and
+reads keys through click, which restores the terminal mode after each key.
+"""
+
+from __future__ import annotations
+
+import click
+
+from persist.cli.checkpoints import conversation_upto, restore_cmd
+from persist.cli.common import ago, require_log, with_log_dir
+from persist.cli.read import recent
+from persist.cli.status import status
+from persist.daemon import checkpoints, render
+
+UP, DOWN = ("\x1b[A", "k"), ("\x1b[B", "j")
+BACK = ("q", "\x1b")
+
+
+def choose(title: str, options: list[str]) -> int | None:
+    """The index the user picks, or None if they back out."""
+    if not options:
+        return None
+    idx, typed = 0, ""
+    drawn = 0
+    while True:
+        if drawn:
+            click.echo(f"\x1b[{drawn}F\x1b[J", nl=False)  # back to the top of the menu, clear below
+        lines = [click.style(title, bold=True)]
+        for i, option in enumerate(options):
+            marker = click.style("›", fg="cyan") if i == idx else " "
+            lines.append(f"{marker} {i + 1:>2}. {option}")
+        lines.append(click.style("↑/↓ Enter, or type a number · q back" + (f" · typed {typed}" if typed else ""), dim=True))
+        click.echo("\n".join(lines))
+        drawn = len(lines)
+        try:
+            key = click.getchar()
+        except (KeyboardInterrupt, EOFError):
+            return None
+        if key in UP:
+            idx, typed = (idx - 1) % len(options), ""
+        elif key in DOWN:
+            idx, typed = (idx + 1) % len(options), ""
+        elif key in ("\r", "\n"):
+            return idx
+        elif key in BACK:
+            return None
+        elif key.isdigit():
+            typed += key
+            n = int(typed)
+            if 1 <= n <= len(options):
+                idx = n - 1
+                if n * 10 > len(options):  # no longer number starts with these digits
+                    return idx
+            else:
+                typed = ""
+
+
+def pick_checkpoint(log, title: str = "Pick a checkpoint") -> dict | None:
+    """Newest first, as people look for the last good moment."""
+    items = checkpoints.listing(log)[::-1]
+    labels = [f"{m['id']}  {m.get('label') or m['reason']:<10} {ago(m['created_at']):>12}  seq {m['last_seq']}"
+              for m in items]
+    if not items:
+        click.echo("no checkpoints yet")
+        return None
+    i = choose(title, labels)
+    return None if i is None else items[i]
+
+
+def pause() -> None:
+    click.echo(click.style("press any key", dim=True))
+    try:
+        click.getchar()
+    except (KeyboardInterrupt, EOFError):
+        pass
+
+
+@click.command()
+@with_log_dir
+@click.pass_context
+def menu(ctx, cfg, log) -> None:
+    """Pick a checkpoint to restore or print, browse recent records, see status."""
+    require_log(log)
+    common = {"log_dir": str(log.root), "config_path": cfg.source}
+    actions = ["Restore a checkpoint (what came after is archived)", "Print a checkpoint's conversation",
+               "Recent records", "Status", "Quit"]
+    while True:
+        choice = choose(f"persist · {log.root}", actions)
+        if choice is None or choice == 4:
+            return
+        if choice == 0 and (m := pick_checkpoint(log, "Restore which checkpoint?")):
+            if click.confirm(f"Restore {m['id']}? Records after seq {m['last_seq']} move to archive/", default=False):
+                _run(ctx, restore_cmd, ident=m["id"], out=None, print_=False, fmt="markdown", stop_daemon=True, **common)
+        elif choice == 1 and (m := pick_checkpoint(log, "Print which checkpoint?")):
+            fmt = choose("Format", list(render.FORMATS))
+            if fmt is not None:
+                click.echo_via_pager(c + "\n" for c in render.lines(conversation_upto(log, m["last_seq"]),
+                                                                    render.FORMATS[fmt]))
+        elif choice == 2:
+            _run(ctx, recent, count=20, topic=None, sender=None, follow_=False, system=True, as_json=False, **common)
+        elif choice == 3:
+            _run(ctx, status, as_json=False, **common)
+        pause()
+
+
+def _run(ctx, command, **params) -> None:
+    """Run another command; its errors are shown, and the menu goes on."""
+    try:
+        ctx.invoke(command, **params)
+    except click.ClickException as exc:
+        exc.show()

@@ -1,0 +1,137 @@
+"""``persist-cli recent``, ``export``, ``verify`` and ``recover``: reading and checking the log."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from itertools import islice
+
+import click
+
+from persist.cli.common import (
+    Failure, UsageError, json_lines, json_option, matches, one_line, parse_when, require_log, style, with_log_dir,
+)
+from persist.daemon import lock, reader, render
+from persist.daemon.follow import follow
+from persist.daemon.store import repair_tail
+from persist.daemon.verify import verify
+
+topic_option = click.option("--topic", help="Only topics starting with this prefix.")
+sender_option = click.option("--sender", help="Only records whose meta.sender is this.")
+
+
+def progress_file():
+    """Progress bars go to a terminal only, never into piped output."""
+    return sys.stderr if sys.stderr.isatty() else open(os.devnull, "w")
+
+
+@click.command()
+@click.option("-n", "count", type=click.IntRange(min=0), default=20, show_default=True, help="How many records.")
+@topic_option
+@sender_option
+@click.option("--follow", "-f", "follow_", is_flag=True, help="Keep printing records as they are written (Ctrl-C stops).")
+@click.option("--system/--no-system", default=True, help="Include the daemon's own $persist/ records.")
+@with_log_dir
+@json_option
+def recent(cfg, log, count, topic, sender, follow_, system, as_json) -> None:
+    """The last N records, read from the tail (instant on a huge log)."""
+    require_log(log)
+    wanted = (e for e in reader.records_backward(log) if matches(e.rec, topic, sender, system=system))
+    last = list(islice(wanted, count))[::-1]
+    emit = (lambda e: json_lines([e.line])) if as_json else (lambda e: click.echo(one_line(e.rec)))
+    for e in last:
+        emit(e)
+    if not follow_:
+        return
+    newest = reader.last_record(log)
+    try:
+        for e in follow(log, newest.seq if newest else 0):
+            if matches(e.rec, topic, sender, system=system):
+                emit(e)
+    except KeyboardInterrupt:
+        pass
+
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "markdown"]), default="jsonl", show_default=True)
+@click.option("--since", help="ISO time, or a duration ago like 15m, 2h, 3d.")
+@click.option("--until", help="ISO time, or a duration ago.")
+@topic_option
+@sender_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of standard output.")
+@with_log_dir
+def export(cfg, log, fmt, since, until, topic, sender, output) -> None:
+    """Export records as JSON Lines (the on-disk schema), CSV or markdown."""
+    require_log(log)
+    since, until = parse_when(since, "--since"), parse_when(until, "--until")
+    if output and os.path.exists(output):
+        raise UsageError(f"{output} already exists; choose another -o FILE or remove it first")
+    entries = (e for e in reader.records(log) if matches(e.rec, topic, sender, since, until))
+    out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
+    try:
+        n = _write_export(entries, fmt, out)
+    finally:
+        if output:
+            out.close()
+    if output:
+        click.echo(f"exported {n} records to {output}", err=True)
+
+
+def _write_export(entries, fmt: str, out) -> int:
+    n = 0
+    if fmt == "csv":
+        writer = csv.writer(out)
+        writer.writerow(["seq", "received_at", "topic", "sender", "recipient", "thread_id", "kind", "text"])
+        for e in entries:
+            meta = e.rec.get("meta", {})
+            writer.writerow([e.seq, e.rec["received_at"], e.rec["topic"], meta.get("sender", ""),
+                             meta.get("recipient", ""), meta.get("thread_id", ""), meta.get("kind", ""),
+                             render.payload_text(e.rec)])
+            n += 1
+        return n
+
+    def counted():
+        nonlocal n
+        for e in entries:
+            n += 1
+            yield e
+
+    for chunk in render.lines(counted(), "json" if fmt == "jsonl" else "markdown"):
+        out.write(chunk + "\n")
+    return n
+
+
+@click.command("verify")
+@with_log_dir
+def verify_cmd(cfg, log) -> None:
+    """Check every line is a whole record, seq is continuous, and every checkpoint holds."""
+    require_log(log)
+    total = sum(p.stat().st_size for p in log.segment_files())
+    with click.progressbar(length=total, label="verifying", file=progress_file()) as bar:
+        problems, records = verify(log, bar.update)
+    for p in problems:
+        click.echo(style("✗ ", fg="red") + p)
+    if problems:
+        raise Failure(f"{len(problems)} problem(s) in {log.root}")
+    click.echo(style("✓ ", fg="green") + f"{records} records, seq continuous, every checkpoint holds")
+
+
+@click.command()
+@with_log_dir
+def recover(cfg, log) -> None:
+    """Repair what a crash left (what the daemon does at start), by hand."""
+    require_log(log)
+    if lock.is_locked(log):
+        raise Failure(f"a daemon (pid {lock.holder_pid(log)}) is recording into {log.root}; "
+                      "it repaired the log when it started")
+    fd = lock.acquire(log)
+    try:
+        repaired = repair_tail(log.active, log.recovery)
+    finally:
+        os.close(fd)
+    if repaired is None:
+        click.echo(f"nothing to repair in {log.active}")
+    else:
+        click.echo(f"repaired {log.active}: {repaired.bytes} torn byte(s) moved to {repaired.quarantined}")

@@ -1,0 +1,200 @@
+"""``persist-cli status``, ``doctor`` and ``stats``: is it recording, is it healthy, what is on the bus."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import time
+from collections import Counter
+from urllib.parse import urlsplit
+
+import click
+
+from persist.cli.common import (
+    Failure, ago, daemon_status, json_lines, json_option, require_log, size, style, table, with_log_dir,
+)
+from persist.daemon import checkpoints, config, lock, reader
+from persist.daemon.fsutil import DIR_MODE, FILE_MODE
+from persist.daemon.store import LogDir
+
+
+def disk(log) -> dict:
+    used = sum(p.stat().st_size for p in log.segment_files())
+    free = shutil.disk_usage(log.root).free
+    return {"log_bytes": used, "disk_free_bytes": free}
+
+
+@click.command()
+@with_log_dir
+@json_option
+def status(cfg, log, as_json) -> None:
+    """Is the daemon recording? pid, uptime, records, rate, last checkpoint, disk, gaps."""
+    require_log(log)
+    live = daemon_status(log)
+    last = reader.last_record(log)
+    cp = checkpoints.latest(log)
+    info = {
+        "running": live is not None,
+        **({k: v for k, v in live.items() if k != "ok"} if live else {}),
+        "last_seq": live["last_seq"] if live else (last.seq if last else 0),
+        "last_record_at": last.rec["received_at"] if last else None,
+        "last_checkpoint": ({k: cp[k] for k in ("id", "label", "reason", "created_at", "last_seq")} if cp else None),
+        **disk(log),
+        "log_dir": str(log.root.resolve()),
+    }
+    if as_json:
+        return json_lines([info])
+    if live:
+        state = style("● recording", fg="green") + f"  pid {live['pid']}, up {live['uptime_s']:.0f} s"
+    else:
+        state = style("○ not running", fg="yellow") + "  (start it: persist-daemon)"
+    rows = [
+        ["daemon", state],
+        ["log dir", info["log_dir"]],
+        ["records", f"last seq {info['last_seq']}, newest {ago(info['last_record_at'])}"],
+    ]
+    if live:
+        rows.append(["rate", f"{live['rate']:.1f} msg/s; {live['recorded']} this run; gaps {live['gaps']}"])
+        if live.get("disk_full"):
+            rows.append(["DISK FULL", style(f"{live['spooled']} records waiting in memory, {live['dropped']} dropped", fg="red")])
+    rows.append(["checkpoint", f"{cp['id']} ({cp['reason']}), {ago(cp['created_at'])}" if cp else "none yet"])
+    rows.append(["disk", f"{size(info['log_bytes'])} used by the log, {size(info['disk_free_bytes'])} free"])
+    for key, value in rows:
+        click.echo(style(key, bold=True) + " " * (12 - len(key)) + value)
+
+
+def _check_modes(log) -> tuple[bool, str]:
+    bad = [str(p) for p in [log.root, log.segments, log.checkpoints, log.recovery] if p.exists()
+           and stat.S_IMODE(p.stat().st_mode) & ~DIR_MODE]
+    bad += [str(p) for p in log.segment_files() if stat.S_IMODE(p.stat().st_mode) & ~FILE_MODE]
+    if bad:
+        return False, f"too open: {', '.join(bad[:3])} — chmod 700 dirs, 600 files"
+    return True, "directories 0700, files 0600"
+
+
+def _check_writable(log) -> tuple[bool, str]:
+    if not log.root.exists():
+        return False, f"{log.root} does not exist — start persist-daemon once, or pass --log-dir"
+    probe = log.root / f".doctor-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return False, f"cannot write {log.root}: {exc.strerror} — fix its owner/permissions"
+    return True, f"{log.root} is writable"
+
+
+def _check_endpoint(endpoint: str) -> tuple[bool, str]:
+    parts = urlsplit(endpoint)
+    if parts.scheme != "tcp":
+        return True, f"{endpoint} (not TCP: not probed)"
+    host = "127.0.0.1" if parts.hostname in ("*", None) else parts.hostname
+    try:
+        with socket.create_connection((host, parts.port), timeout=1.0):
+            return True, f"{endpoint} accepts connections"
+    except OSError as exc:
+        return False, f"{endpoint} unreachable ({exc.strerror or exc}) — start a broker: persist-cli broker"
+
+
+@click.command()
+@click.option("--config", "config_path", metavar="FILE", help="TOML config file.")
+@click.option("--log-dir", metavar="DIR", help="The log dir (env PERSIST_LOG_DIR).")
+def doctor(config_path, log_dir) -> None:
+    """Check config, log dir, permissions, disk space, daemon and broker; one line each."""
+    checks: list[tuple[str, bool, str]] = []
+    try:
+        cfg = config.load(config_path, {"daemon": {"log_dir": log_dir} if log_dir else {}})
+        checks.append(("config", True, f"valid ({cfg.source or 'defaults'})"))
+    except config.ConfigError as exc:
+        checks.append(("config", False, f"{exc} — fix it, then persist-daemon --check-config"))
+        cfg = config.Config()
+    log = LogDir(cfg.log_dir)
+    checks.append(("log dir", *_check_writable(log)))
+    if log.root.exists():
+        checks.append(("permissions", *_check_modes(log)))
+        free = shutil.disk_usage(log.root).free
+        checks.append(("disk space", free > 1 << 30, f"{size(free)} free"
+                       + ("" if free > 1 << 30 else " — under 1 GiB: free space or move --log-dir")))
+        live = daemon_status(log)
+        if live:
+            checks.append(("daemon", True, f"recording, pid {live['pid']}, {live['rate']:.1f} msg/s"))
+        elif lock.is_locked(log):
+            checks.append(("daemon", False, f"pid {lock.holder_pid(log)} holds the lock but does not answer — check its log"))
+        else:
+            checks.append(("daemon", False, "not running — start it: persist-daemon"))
+    for endpoint in cfg.daemon.connect:
+        checks.append(("broker", *_check_endpoint(endpoint)))
+    for name, ok, detail in checks:
+        mark = style("✓", fg="green") if ok else style("✗", fg="red")
+        click.echo(f"{mark} {name:<12} {detail}")
+    if not all(ok for _, ok, _ in checks):
+        raise Failure(f"{sum(not ok for _, ok, _ in checks)} check(s) failed")
+
+
+class Tally:
+    """Per-topic and per-sender counts, kept up to date incrementally."""
+
+    def __init__(self) -> None:
+        self.topics: Counter = Counter()
+        self.senders: Counter = Counter()
+        self.times: list[str] = []
+        self.after = 0
+
+    def update(self, log) -> None:
+        for e in reader.records(log, self.after):
+            self.after = e.seq
+            self.topics[e.rec["topic"]] += 1
+            sender = e.rec.get("meta", {}).get("sender")
+            if sender is not None:
+                self.senders[str(sender)] += 1
+            self.times.append(e.rec["received_at"])
+        minute_ago = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 60))
+        self.times = [t for t in self.times if t >= minute_ago]
+
+    def as_dict(self, log) -> dict:
+        return {"records": sum(self.topics.values()), "rate_last_minute": len(self.times) / 60,
+                "topics": dict(self.topics.most_common()), "senders": dict(self.senders.most_common()),
+                "checkpoints": [{k: m[k] for k in ("id", "reason", "created_at", "last_seq")}
+                                for m in checkpoints.listing(log)]}
+
+
+@click.command()
+@click.option("--watch", is_flag=True, help="Refresh every 2 s until Ctrl-C.")
+@click.option("--top", type=int, default=15, show_default=True, help="Rows per table.")
+@with_log_dir
+@json_option
+def stats(cfg, log, watch, top, as_json) -> None:
+    """Records per topic and per sender, rate over the last minute, the checkpoint timeline."""
+    require_log(log)
+    tally = Tally()
+    try:
+        while True:
+            tally.update(log)
+            data = tally.as_dict(log)
+            if as_json:
+                json_lines([data])
+            else:
+                if watch:
+                    click.clear()
+                _print_stats(data, top)
+            if not watch:
+                return
+            time.sleep(2)
+    except KeyboardInterrupt:
+        pass
+
+
+def _print_stats(data: dict, top: int) -> None:
+    click.echo(f"{data['records']} records; {data['rate_last_minute']:.2f} msg/s over the last minute\n")
+    table(["topic", "records"], list(data["topics"].items())[:top], right=(1,))
+    click.echo()
+    if data["senders"]:
+        table(["sender", "records"], list(data["senders"].items())[:top], right=(1,))
+        click.echo()
+    cps = data["checkpoints"][-top:]
+    if cps:
+        table(["checkpoint", "reason", "created", "last seq"],
+              [[c["id"], c["reason"], ago(c["created_at"]), c["last_seq"]] for c in cps], right=(3,))
+
