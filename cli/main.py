@@ -11,9 +11,25 @@ import click
 
 from persist.cli import checkpoints, menu, read, status
 from persist.cli.broker import broker
+from persist.cli.common import Failure, UsageError
+from persist.daemon.checkpoints import CheckpointError
+from persist.daemon.control import ControlError
+from persist.daemon.restore import RestoreError
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+class Group(click.Group):
+    """Turns the format library's errors into one-line messages with the right exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (CheckpointError, RestoreError) as exc:
+            raise UsageError(str(exc)) from None
+        except ControlError as exc:
+            raise Failure(str(exc)) from None
+
+
+@click.group(cls=Group, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """Find, restore and replay what your agents said."""

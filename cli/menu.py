@@ -1,11 +1,18 @@
 """``persist-cli menu`` (and a bare ``persist-cli`` on a terminal): the interactive front door.
 
 Arrow keys (or j/k) and Enter, or a typed number; q, Esc or Ctrl-C go back.
-The terminal is left clean however it ends: the menu only writes lines and
-reads keys through click, which restores the terminal mode after each key.
+The terminal is in cbreak mode (keys arrive one by one, however fast they are
+typed or pasted) only while the menu waits for a key, and is always restored
+however the menu ends, Ctrl-C included.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import termios
+import tty
 
 import click
 
@@ -19,7 +26,42 @@ UP, DOWN = ("\x1b[A", "k"), ("\x1b[B", "j")
 BACK = ("q", "\x1b")
 
 
-def choose(title: str, options: list[str]) -> int | None:
+class Keys:
+    """Key presses from the terminal, with arrow-key escape sequences kept whole."""
+
+    def __enter__(self) -> Keys:
+        if not sys.stdin.isatty():
+            raise click.UsageError("the menu needs a terminal; use the commands directly in scripts")
+        self.fd = sys.stdin.fileno()
+        self.saved = termios.tcgetattr(self.fd)
+        self.buf = b""
+        tty.setcbreak(self.fd)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+    @contextlib.contextmanager
+    def cooked(self):
+        """The normal terminal mode, for prompts, pagers and other commands."""
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+        try:
+            yield
+        finally:
+            tty.setcbreak(self.fd)
+            self.buf = b""
+
+    def get(self) -> str:
+        while not self.buf:
+            self.buf = os.read(self.fd, 64)
+            if not self.buf:
+                raise EOFError
+        n = 3 if self.buf.startswith(b"\x1b[") and len(self.buf) >= 3 else 1
+        key, self.buf = self.buf[:n], self.buf[n:]
+        return key.decode(errors="replace")
+
+
+def choose(keys: Keys, title: str, options: list[str]) -> int | None:
     """The index the user picks, or None if they back out."""
     if not options:
         return None
@@ -36,7 +78,7 @@ def choose(title: str, options: list[str]) -> int | None:
         click.echo("\n".join(lines))
         drawn = len(lines)
         try:
-            key = click.getchar()
+            key = keys.get()
         except (KeyboardInterrupt, EOFError):
             return None
         if key in UP:
@@ -45,7 +87,7 @@ def choose(title: str, options: list[str]) -> int | None:
             idx, typed = (idx + 1) % len(options), ""
         elif key in ("\r", "\n"):
             return idx
-        elif key in BACK:
+        elif key in BACK or key == "\x03":
             return None
         elif key.isdigit():
             typed += key
@@ -58,7 +100,7 @@ def choose(title: str, options: list[str]) -> int | None:
                 typed = ""
 
 
-def pick_checkpoint(log, title: str = "Pick a checkpoint") -> dict | None:
+def pick_checkpoint(keys: Keys, log, title: str = "Pick a checkpoint") -> dict | None:
     """Newest first, as people look for the last good moment."""
     items = checkpoints.listing(log)[::-1]
     labels = [f"{m['id']}  {m.get('label') or m['reason']:<10} {ago(m['created_at']):>12}  seq {m['last_seq']}"
@@ -66,14 +108,14 @@ def pick_checkpoint(log, title: str = "Pick a checkpoint") -> dict | None:
     if not items:
         click.echo("no checkpoints yet")
         return None
-    i = choose(title, labels)
+    i = choose(keys, title, labels)
     return None if i is None else items[i]
 
 
-def pause() -> None:
+def pause(keys: Keys) -> None:
     click.echo(click.style("press any key", dim=True))
     try:
-        click.getchar()
+        keys.get()
     except (KeyboardInterrupt, EOFError):
         pass
 
@@ -84,26 +126,34 @@ def pause() -> None:
 def menu(ctx, cfg, log) -> None:
     """Pick a checkpoint to restore or print, browse recent records, see status."""
     require_log(log)
+    with Keys() as keys:
+        _loop(ctx, keys, cfg, log)
+
+
+def _loop(ctx, keys: Keys, cfg, log) -> None:
     common = {"log_dir": str(log.root), "config_path": cfg.source}
     actions = ["Restore a checkpoint (what came after is archived)", "Print a checkpoint's conversation",
                "Recent records", "Status", "Quit"]
     while True:
-        choice = choose(f"persist · {log.root}", actions)
+        choice = choose(keys, f"persist · {log.root}", actions)
         if choice is None or choice == 4:
             return
-        if choice == 0 and (m := pick_checkpoint(log, "Restore which checkpoint?")):
-            if click.confirm(f"Restore {m['id']}? Records after seq {m['last_seq']} move to archive/", default=False):
-                _run(ctx, restore_cmd, ident=m["id"], out=None, print_=False, fmt="markdown", stop_daemon=True, **common)
-        elif choice == 1 and (m := pick_checkpoint(log, "Print which checkpoint?")):
-            fmt = choose("Format", list(render.FORMATS))
+        if choice == 0 and (m := pick_checkpoint(keys, log, "Restore which checkpoint?")):
+            with keys.cooked():
+                if click.confirm(f"Restore {m['id']}? Records after seq {m['last_seq']} move to archive/"):
+                    _run(ctx, restore_cmd, ident=m["id"], out=None, print_=False, fmt="markdown",
+                         stop_daemon=True, **common)
+        elif choice == 1 and (m := pick_checkpoint(keys, log, "Print which checkpoint?")):
+            fmt = choose(keys, "Format", list(render.FORMATS))
             if fmt is not None:
-                click.echo_via_pager(c + "\n" for c in render.lines(conversation_upto(log, m["last_seq"]),
-                                                                    render.FORMATS[fmt]))
+                with keys.cooked():
+                    click.echo_via_pager(c + "\n" for c in render.lines(conversation_upto(log, m["last_seq"]),
+                                                                        render.FORMATS[fmt]))
         elif choice == 2:
             _run(ctx, recent, count=20, topic=None, sender=None, follow_=False, system=True, as_json=False, **common)
         elif choice == 3:
             _run(ctx, status, as_json=False, **common)
-        pause()
+        pause(keys)
 
 
 def _run(ctx, command, **params) -> None:

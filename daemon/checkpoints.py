@@ -121,7 +121,7 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def listing(log: LogDir, problems: list[str] | None = None) -> list[dict[str, Any]]:
-    """Every checkpoint, oldest first (ids sort by creation).
+    """Every checkpoint, oldest first.
 
     A manifest that cannot be read raises, or is noted in ``problems`` if given.
     """
@@ -133,12 +133,12 @@ def listing(log: LogDir, problems: list[str] | None = None) -> list[dict[str, An
             if problems is None:
                 raise
             problems.append(str(exc))
-    return found
+    return sorted(found, key=lambda m: (m.get("created_at", ""), m["id"]))
 
 
 def latest(log: LogDir) -> dict[str, Any] | None:
-    paths = sorted(log.checkpoints.glob("*.json")) if log.checkpoints.is_dir() else []
-    return load(paths[-1]) if paths else None
+    items = listing(log)
+    return items[-1] if items else None
 
 
 def find(log: LogDir, ident: str) -> dict[str, Any]:

@@ -117,11 +117,12 @@ def restore_in_place(log: LogDir, manifest: dict[str, Any]) -> dict[str, Any]:
         if log.active.exists():  # an empty active segment: nothing in it to keep
             os.rename(log.active, archive / "current_session.jsonl")
         os.rename(files[cut_name], log.active)
-    later = [m for m in checkpoints.listing(log) if m["id"] > manifest["id"]]
+    ids = [m["id"] for m in checkpoints.listing(log)]
+    later = ids[ids.index(manifest["id"]) + 1 :]
     if later:
         ensure_dir(archive / "checkpoints")
-        for m in later:
-            os.rename(log.checkpoints / f"{m['id']}.json", archive / "checkpoints" / f"{m['id']}.json")
+        for ident in later:
+            os.rename(log.checkpoints / f"{ident}.json", archive / "checkpoints" / f"{ident}.json")
     if (log.root / "metadata_index").exists():
         os.rename(log.root / "metadata_index", archive / "metadata_index")
     for d in (archive, log.segments, log.checkpoints, log.root):

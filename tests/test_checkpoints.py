@@ -1,0 +1,209 @@
+"""Checkpoints and restore, against a real daemon with a 1-second checkpoint interval."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import time
+
+import orjson
+import pytest
+
+from persist.daemon import checkpoints as cps
+from persist.daemon import reader
+from persist.daemon.store import LogDir
+from procs import run, wait_for
+
+
+def cli(log_dir, *args, **kw):
+    return run("persist-cli", *args, "--log-dir", str(log_dir), **kw)
+
+
+def manifests(log_dir):
+    return cps.listing(LogDir(log_dir))
+
+
+@pytest.fixture
+def recorded(start_daemon, publish):
+    """A daemon checkpointing every second, with 30 messages in three bursts."""
+    daemon = start_daemon("--checkpoint-interval", "1")
+    p = publish()
+    p.join(daemon)
+    for burst in range(3):
+        for i in range(10):
+            p.send(b"agent.chat", b'{"sender":"a%d","text":"burst %d msg %d"}' % (burst, burst, i))
+        daemon.wait_records(10 * (burst + 1))
+        n = len(manifests(daemon.log_dir))
+        wait_for(lambda: len(manifests(daemon.log_dir)) > n, what="a timer checkpoint")
+    return daemon, p
+
+
+def test_timer_checkpoints_only_when_something_new_arrived(recorded):
+    daemon, _ = recorded
+    n = len(manifests(daemon.log_dir))
+    time.sleep(2.5)
+    assert len(manifests(daemon.log_dir)) == n, "no new records, no new checkpoint"
+    assert {m["reason"] for m in manifests(daemon.log_dir)} == {"timer"}
+
+
+def test_signal_label_and_shutdown_checkpoints(recorded):
+    daemon, _ = recorded
+    daemon.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: manifests(daemon.log_dir)[-1]["reason"] == "signal", what="SIGUSR1 checkpoint")
+    result = cli(daemon.log_dir, "checkpoints", "create", "--label", "before-refactor")
+    assert result.returncode == 0 and "before-refactor" in result.stdout
+    assert manifests(daemon.log_dir)[-1]["label"] == "before-refactor"
+    assert daemon.stop() == 0
+    last = manifests(daemon.log_dir)[-1]
+    assert last["reason"] == "shutdown"
+    recs = daemon.records()
+    assert recs[-1].rec["topic"] == "$persist/stop" and last["last_seq"] == recs[-1].seq - 1
+
+
+def test_manifests_chain_and_hash_exactly_what_they_name(recorded):
+    daemon, _ = recorded
+    daemon.stop()
+    items = manifests(daemon.log_dir)
+    assert items[0]["prev"] is None
+    for prev, m in zip(items, items[1:]):
+        assert m["prev"] == prev["id"] and m["prev_chain"] == prev["chain"]
+    for m in items:
+        (seg,) = m["segments"]
+        data = daemon.log.active.read_bytes()[: seg["bytes"]]
+        assert hashlib.sha256(data).hexdigest() == seg["sha256"]
+        assert data.count(b"\n") == m["message_count"] == m["last_seq"]
+    assert cli(daemon.log_dir, "verify").returncode == 0
+
+
+def test_verify_catches_an_edited_byte_and_an_edited_manifest(recorded):
+    daemon, _ = recorded
+    daemon.stop()
+    data = bytearray(daemon.log.active.read_bytes())
+    i = data.index(b"burst 0 msg 3")
+    data[i] = ord("B")
+    daemon.log.active.write_bytes(bytes(data))
+    result = cli(daemon.log_dir, "verify")
+    assert result.returncode == 1 and "changed in its first" in result.stdout
+    data[i] = ord("b")
+    daemon.log.active.write_bytes(bytes(data))
+    assert cli(daemon.log_dir, "verify").returncode == 0
+
+    path = daemon.log.checkpoints / f"{manifests(daemon.log_dir)[0]['id']}.json"
+    m = json.loads(path.read_text())
+    m["last_seq"] += 1
+    path.write_text(json.dumps(m))
+    result = cli(daemon.log_dir, "verify")
+    assert result.returncode == 1 and "manifest was edited" in result.stdout
+
+
+def test_verify_catches_an_edit_in_a_closed_segment(start_daemon, publish, workdir):
+    cfg = workdir / "persist.toml"
+    cfg.write_text("[storage]\nrotate_bytes = 3000\n")
+    daemon = start_daemon("--config", str(cfg))
+    p = publish()
+    p.join(daemon)
+    for i in range(40):
+        p.send(b"r", b'{"text":"%s %d"}' % (b"z" * 100, i))
+    daemon.wait_records(40)
+    time.sleep(1.2)  # a rotation check
+    assert cli(daemon.log_dir, "checkpoints", "create").returncode == 0
+    daemon.stop()
+    closed = sorted(daemon.log.segments.iterdir())[0]
+    assert cli(daemon.log_dir, "verify").returncode == 0
+    data = closed.read_bytes()
+    closed.write_bytes(data.replace(b"zzz", b"zzZ", 1))
+    result = cli(daemon.log_dir, "verify")
+    assert result.returncode == 1 and closed.name in result.stdout
+
+
+def test_restore_out_reproduces_exactly_records_up_to_the_checkpoint(recorded, workdir):
+    daemon, _ = recorded
+    m = manifests(daemon.log_dir)[1]
+    out = workdir / "restored"
+    result = cli(daemon.log_dir, "restore", m["id"], "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    original = [e.line for e in daemon.records() if e.seq <= m["last_seq"]]
+    assert [e.line for e in reader.records(LogDir(out))] == original
+    assert cli(out, "verify").returncode == 0, "a complete, self-contained log dir"
+    assert cli(daemon.log_dir, "restore", m["id"], "--out", str(out)).returncode == 2, "target exists"
+
+
+def test_restore_in_place_refuses_while_recording_then_archives_the_rest(recorded):
+    daemon, _ = recorded
+    m = manifests(daemon.log_dir)[0]
+    result = cli(daemon.log_dir, "restore", m["id"])
+    assert result.returncode == 1 and "--stop-daemon" in result.stderr
+    before = daemon.log.active.read_bytes()
+
+    result = cli(daemon.log_dir, "restore", m["id"], "--stop-daemon")
+    assert result.returncode == 0, result.stderr
+    assert daemon.proc.wait(5) == 0
+    recs = daemon.records()
+    assert [e.seq for e in recs] == list(range(1, m["last_seq"] + 2))
+    lineage = recs[-1].rec["payload"]
+    assert recs[-1].rec["topic"] == "$persist/restore" and lineage["checkpoint"] == m["id"]
+    archive = daemon.log_dir / lineage["archived_to"]
+    (tail,) = [p for p in archive.iterdir() if ".after-" in p.name]
+    kept = daemon.log.active.read_bytes()[: m["segments"][-1]["bytes"]]
+    assert (kept + tail.read_bytes()).startswith(before), \
+        "nothing deleted: the log up to the checkpoint plus the archived tail is the old log (and what shutdown added)"
+    assert json.loads((archive / "RESTORE.json").read_text())["restore_record_seq"] == m["last_seq"] + 1
+    assert cli(daemon.log_dir, "verify").returncode == 0
+
+    daemon.start()  # recording resumes after the restore record
+    assert daemon.status()["last_seq"] >= m["last_seq"] + 2
+
+
+def test_restore_print_formats(recorded):
+    daemon, _ = recorded
+    m = manifests(daemon.log_dir)[0]
+    prompt = cli(daemon.log_dir, "restore", m["id"], "--print", "--format", "prompt").stdout
+    assert "a0: burst 0 msg 9" in prompt and "burst 1" not in prompt
+    md = cli(daemon.log_dir, "restore", m["id"], "--print", "--format", "markdown").stdout
+    assert md.startswith("# Conversation") and "### a0" in md
+    lines = cli(daemon.log_dir, "restore", m["id"], "--print", "--format", "json").stdout.splitlines()
+    chat = [x for x in lines if orjson.loads(x)["topic"] == "agent.chat"]
+    assert len(chat) == 10 and not any(orjson.loads(x)["topic"].startswith("$persist/") for x in lines)
+
+
+def test_checkpoint_without_a_daemon_and_prune_keeps_labels(recorded):
+    daemon, _ = recorded
+    daemon.stop()
+    assert cli(daemon.log_dir, "checkpoints", "create", "--label", "keepme").returncode == 0
+    assert cli(daemon.log_dir, "checkpoints", "create").returncode == 0
+    result = cli(daemon.log_dir, "checkpoints", "prune", "--keep", "1")
+    assert result.returncode == 0
+    left = manifests(daemon.log_dir)
+    assert [m.get("label") for m in left] == ["keepme", None]
+    assert cli(daemon.log_dir, "verify").returncode == 0, "pruning keeps the chain verifiable"
+
+
+def test_list_show_diff_and_json(recorded):
+    daemon, _ = recorded
+    items = manifests(daemon.log_dir)
+    listed = [json.loads(x) for x in cli(daemon.log_dir, "checkpoints", "list", "--json").stdout.splitlines()]
+    assert [m["id"] for m in listed] == [m["id"] for m in items]
+    shown = cli(daemon.log_dir, "checkpoints", "show", items[0]["id"])
+    assert shown.returncode == 0 and items[0]["chain"] in shown.stdout
+    diff = json.loads(cli(daemon.log_dir, "checkpoints", "diff", items[0]["id"], items[2]["id"], "--json").stdout)
+    assert diff["topics"]["agent.chat"] == 20 and diff["senders"] == {"a1": 10, "a2": 10}
+
+
+def test_unknown_checkpoint_suggests_the_closest(recorded):
+    daemon, _ = recorded
+    real = manifests(daemon.log_dir)[0]["id"]
+    result = cli(daemon.log_dir, "checkpoints", "show", real[:-1] + "9x")
+    assert result.returncode == 2 and f"did you mean {real}" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_hasher_is_incremental_and_exact(tmp_path):
+    path = tmp_path / "seg"
+    hasher = cps.Hasher()
+    data = b""
+    for i in range(5):
+        data += b'{"seq":%d}\n' % i * 1000
+        path.write_bytes(data)
+        assert hasher.digest("seg", path, len(data)) == (hashlib.sha256(data).hexdigest(), data.count(b"\n"))
+    assert hasher.running["seg"][1] == len(data)

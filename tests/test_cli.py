@@ -1,0 +1,192 @@
+"""persist-cli as a user drives it: click's runner for quick cases, real processes and a pty for the rest."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pty
+import select
+import subprocess
+import time
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from persist.cli.main import cli
+from procs import BIN, run
+
+
+@pytest.fixture
+def chat(start_daemon, publish):
+    """A running daemon with a short conversation recorded."""
+    daemon = start_daemon()
+    p = publish()
+    p.join(daemon)
+    for i, (who, topic) in enumerate([("claude", b"agent.chat"), ("gemini", b"agent.chat"), ("planner", b"plan")] * 4):
+        p.send(topic, b'{"sender":"%s","text":"line %d from %s"}' % (who.encode(), i, who.encode()))
+    daemon.wait_records(12)
+    return daemon, p
+
+
+def invoke(*args, env=None):
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+def test_recent_reads_the_tail_with_filters(chat):
+    daemon, _ = chat
+    result = invoke("recent", "-n", "3", "--topic", "agent.", "--log-dir", str(daemon.log_dir), "--json")
+    recs = [orjson.loads(x) for x in result.output.splitlines()]
+    assert [r["seq"] for r in recs] == sorted(r["seq"] for r in recs), "oldest first"
+    assert all(r["topic"] == "agent.chat" for r in recs) and len(recs) == 3
+    assert recs[-1]["payload"]["text"] == "line 10 from gemini"
+    human = invoke("recent", "-n", "2", "--sender", "planner", "--log-dir", str(daemon.log_dir))
+    assert human.exit_code == 0 and len(human.output.splitlines()) == 2 and "line 11 from planner" in human.output
+
+
+def test_recent_follow_sees_a_record_written_after_it_started(chat):
+    daemon, p = chat
+    proc = subprocess.Popen([BIN / "persist-cli", "recent", "-n", "0", "--follow", "--json", "--topic", "late",
+                             "--log-dir", str(daemon.log_dir)], stdout=subprocess.PIPE)
+    time.sleep(1.0)
+    p.send(b"late.news", b'{"text":"written after follow started"}')
+    ready, _, _ = select.select([proc.stdout], [], [], 10)
+    assert ready, "follow printed nothing"
+    rec = orjson.loads(proc.stdout.readline())
+    assert rec["payload"]["text"] == "written after follow started"
+    proc.send_signal(2)
+    assert proc.wait(5) in (0, 130)
+
+
+def test_export_formats_and_time_filters(chat, workdir):
+    daemon, _ = chat
+    out = workdir / "all.jsonl"
+    assert invoke("export", "--log-dir", str(daemon.log_dir), "-o", str(out)).exit_code == 0
+    assert out.read_bytes().splitlines() == [e.line.rstrip(b"\n") for e in daemon.records()], "JSONL = on-disk lines"
+    rows = list(csv.DictReader(io.StringIO(invoke("export", "--format", "csv", "--sender", "planner",
+                                                  "--log-dir", str(daemon.log_dir)).output)))
+    assert len(rows) == 4 and rows[0]["text"] == "line 2 from planner"
+    md = invoke("export", "--format", "markdown", "--since", "10m", "--log-dir", str(daemon.log_dir)).output
+    assert md.startswith("# Conversation") and "line 11 from planner" in md
+    future = invoke("export", "--since", "2999-01-01T00:00:00Z", "--log-dir", str(daemon.log_dir)).output
+    assert future == ""
+    again = invoke("export", "--log-dir", str(daemon.log_dir), "-o", str(out))
+    assert again.exit_code == 2, "never overwrites a file"
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["export", "--since", "last tuesday-ish"], ["--since", "ISO 8601"]),
+        (["checkpoints", "show", "nope"], ["no checkpoint 'nope'"]),
+        (["restore", "nope"], ["no checkpoint 'nope'"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(chat, args, words):
+    daemon, _ = chat
+    result = run("persist-cli", *args, "--log-dir", str(daemon.log_dir))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    for w in words:
+        assert w in result.stderr
+
+
+def test_not_a_log_dir(workdir):
+    result = run("persist-cli", "recent", "--log-dir", str(workdir / "missing"))
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    result = run("persist-cli", "status", "--log-dir", str(workdir))
+    assert result.returncode == 2 and "is not a persist log" in result.stderr
+
+
+def test_corrupt_manifest_is_reported_not_a_traceback(chat):
+    daemon, _ = chat
+    assert run("persist-cli", "checkpoints", "create", "--log-dir", str(daemon.log_dir)).returncode == 0
+    (path,) = daemon.log.checkpoints.glob("*.json")
+    path.write_text("{not json")
+    result = run("persist-cli", "checkpoints", "list", "--log-dir", str(daemon.log_dir))
+    assert result.returncode == 2 and path.name in result.stderr and "Traceback" not in result.stderr
+    result = run("persist-cli", "verify", "--log-dir", str(daemon.log_dir))
+    assert result.returncode == 1 and "cannot be read" in result.stdout
+
+
+def test_status_and_doctor(chat, broker, workdir):
+    daemon, _ = chat
+    status = json.loads(invoke("status", "--json", "--log-dir", str(daemon.log_dir)).output)
+    assert status["running"] and status["pid"] == daemon.proc.pid and status["last_seq"] >= 12
+    human = invoke("status", "--log-dir", str(daemon.log_dir)).output
+    assert "recording" in human and f"pid {daemon.proc.pid}" in human
+    cfg = workdir / "persist.toml"
+    cfg.write_text(f'[daemon]\nconnect = ["{broker.backend}"]\nlog_dir = "{daemon.log_dir}"\n')
+    result = run("persist-cli", "doctor", "--config", str(cfg))
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.count("✓") == 6
+    daemon.stop()
+    result = run("persist-cli", "doctor", "--config", str(cfg))
+    assert result.returncode == 1 and "✗ daemon" in result.stdout and "persist-daemon" in result.stdout
+    stopped = json.loads(invoke("status", "--json", "--log-dir", str(daemon.log_dir)).output)
+    assert stopped["running"] is False and stopped["last_checkpoint"]["reason"] == "shutdown"
+
+
+def test_stats_counts_topics_and_senders(chat):
+    daemon, _ = chat
+    data = json.loads(invoke("stats", "--json", "--log-dir", str(daemon.log_dir)).output)
+    assert data["topics"]["agent.chat"] == 8 and data["topics"]["plan"] == 4
+    assert data["senders"] == {"claude": 4, "gemini": 4, "planner": 4}
+
+
+def read_until(fd, text: str, timeout: float = 10.0) -> str:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text.encode() not in seen:
+        assert time.monotonic() < deadline, f"never saw {text!r} in {seen.decode(errors='replace')!r}"
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                seen += os.read(fd, 65536)
+            except OSError:  # the program ended
+                raise AssertionError(f"ended before {text!r}: {seen.decode(errors='replace')!r}") from None
+    return seen.decode(errors="replace")
+
+
+def test_menu_through_a_pseudo_terminal(chat):
+    daemon, _ = chat
+    assert run("persist-cli", "checkpoints", "create", "--label", "menu-test", "--log-dir", str(daemon.log_dir)).returncode == 0
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(str(BIN / "persist-cli"), ["persist-cli", "menu", "--log-dir", str(daemon.log_dir)])
+    try:
+        read_until(fd, "Quit")
+        os.write(fd, b"\x1b[B\x1b[B\x1b[B")  # arrow down three times: Status
+        os.write(fd, b"\r")
+        assert "recording" in read_until(fd, "press any key")
+        os.write(fd, b" ")
+        read_until(fd, "Quit")
+        os.write(fd, b"2")  # typed number: print a checkpoint's conversation
+        read_until(fd, "menu-test")
+        os.write(fd, b"q")  # back out of the checkpoint list
+        read_until(fd, "press any key")
+        os.write(fd, b" ")
+        read_until(fd, "Quit")
+        os.write(fd, b"\x03")  # Ctrl-C leaves cleanly
+        _, code = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(code) == 0
+    finally:
+        os.close(fd)
+
+
+def test_bare_persist_cli_without_a_terminal_prints_help():
+    result = run("persist-cli")
+    assert result.returncode == 0 and "Commands:" in result.stdout
+
+
+def test_recover_refuses_while_recording_then_repairs(chat):
+    daemon, _ = chat
+    result = run("persist-cli", "recover", "--log-dir", str(daemon.log_dir))
+    assert result.returncode == 1 and str(daemon.proc.pid) in result.stderr
+    daemon.kill9()
+    with open(daemon.log.active, "ab") as f:
+        f.write(b'{"v":1,"seq":')
+    result = run("persist-cli", "recover", "--log-dir", str(daemon.log_dir))
+    assert result.returncode == 0 and "13 torn byte(s)" in result.stdout
+    assert run("persist-cli", "verify", "--log-dir", str(daemon.log_dir)).returncode == 0
