@@ -19,7 +19,6 @@ import click
 import orjson
 
 from persist.daemon import config
-from persist.daemon.control import ControlError, ask
 from persist.daemon.render import payload_text, speaker
 from persist.daemon.store import LogDir
 
@@ -69,6 +68,8 @@ def require_log(log: LogDir) -> LogDir:
 
 def daemon_status(log: LogDir) -> dict[str, Any] | None:
     """The running daemon's status through its control socket, or None."""
+    from persist.daemon.control import ControlError, ask  # pyzmq only where a daemon is asked
+
     try:
         reply = ask(log.control_endpoint, "status", timeout_ms=1500)
     except ControlError:

@@ -1,24 +1,45 @@
 """``persist-cli``: the click group; each command lives in its own module.
 
+Commands are imported only when run, so ``persist-cli recent`` starts fast.
 A bare ``persist-cli`` opens the menu on a terminal and prints help otherwise.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
-from persist.cli import checkpoints, menu, read, status
-from persist.cli.broker import broker
 from persist.cli.common import Failure, UsageError
-from persist.daemon.checkpoints import CheckpointError
-from persist.daemon.control import ControlError
-from persist.daemon.restore import RestoreError
+from persist.daemon.errors import CheckpointError, ControlError, RestoreError
+
+COMMANDS = {
+    "status": "status:status",
+    "checkpoints": "checkpoints:group",
+    "restore": "checkpoints:restore_cmd",
+    "recent": "read:recent",
+    "export": "read:export",
+    "verify": "read:verify_cmd",
+    "recover": "read:recover",
+    "doctor": "status:doctor",
+    "stats": "status:stats",
+    "menu": "menu:menu",
+    "broker": "broker:broker",
+}
 
 
 class Group(click.Group):
-    """Turns the format library's errors into one-line messages with the right exit code."""
+    """Loads commands lazily; turns the format library's errors into one-line messages."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(f"persist.cli.{module}"), attr)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -35,16 +56,9 @@ def cli(ctx: click.Context) -> None:
     """Find, restore and replay what your agents said."""
     if ctx.invoked_subcommand is None:
         if sys.stdin.isatty() and sys.stdout.isatty():
-            ctx.invoke(menu.menu, log_dir=None, config_path=None)
+            ctx.invoke(Group.get_command(cli, ctx, "menu"), log_dir=None, config_path=None)
         else:
             click.echo(ctx.get_help())
-
-
-for command in (
-    status.status, checkpoints.group, checkpoints.restore_cmd, read.recent, read.export, read.verify_cmd,
-    read.recover, status.doctor, status.stats, menu.menu, broker,
-):
-    cli.add_command(command)
 
 
 def main() -> None:

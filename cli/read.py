@@ -13,7 +13,6 @@ from persist.cli.common import (
     Failure, UsageError, json_lines, json_option, matches, one_line, parse_when, require_log, style, with_log_dir,
 )
 from persist.daemon import lock, reader, render
-from persist.daemon.follow import follow
 from persist.daemon.store import repair_tail
 from persist.daemon.verify import verify
 
@@ -44,6 +43,8 @@ def recent(cfg, log, count, topic, sender, follow_, system, as_json) -> None:
         emit(e)
     if not follow_:
         return
+    from persist.daemon.follow import follow  # watchdog is only needed here
+
     newest = reader.last_record(log)
     try:
         for e in follow(log, newest.seq if newest else 0):

@@ -27,16 +27,13 @@ from typing import Any
 import orjson
 
 from persist.daemon import reader
+from persist.daemon.errors import CheckpointError
 from persist.daemon.fsutil import ensure_dir, fsync_dir, write_atomically
 from persist.daemon.record import iso_utc
 from persist.daemon.store import LogDir, last_newline, segment_name
 
 REASONS = ("timer", "manual", "signal", "shutdown")
 READ = 4 << 20
-
-
-class CheckpointError(ValueError):
-    """A checkpoint id that does not exist, or a manifest that cannot be read."""
 
 
 @dataclass

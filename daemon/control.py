@@ -14,12 +14,10 @@ from typing import Any
 import orjson
 import zmq
 
+from persist.daemon.errors import ControlError
+
 Handler = Callable[[str], dict[str, Any]]
 IPC_PATH_MAX = 107  # sun_path on Linux, less the terminating NUL
-
-
-class ControlError(RuntimeError):
-    """The control socket could not be bound, or no daemon answered."""
 
 
 def socket_path(endpoint: str) -> str:

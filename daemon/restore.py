@@ -18,15 +18,12 @@ from typing import Any
 import orjson
 
 from persist.daemon import checkpoints, reader
+from persist.daemon.errors import RestoreError
 from persist.daemon.fsutil import FILE_MODE, ensure_dir, fsync_dir, write_atomically
 from persist.daemon.record import encode, system_message
 from persist.daemon.store import LogDir, SegmentWriter, segment_name
 
 Progress = Callable[[int], None]
-
-
-class RestoreError(RuntimeError):
-    """The restore cannot be done safely; nothing was changed."""
 
 
 def _segment_files(log: LogDir) -> dict[str, Path]:
