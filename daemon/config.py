@@ -69,6 +69,11 @@ class CheckpointSection:
 
 
 @dataclass
+class LauncherSection:
+    grace_s: float = 10.0
+
+
+@dataclass
 class EnrichSection:
     sender_fields: list[str] = field(default_factory=lambda: ["sender", "from", "agent", "source"])
     recipient_fields: list[str] = field(default_factory=lambda: ["recipient", "to", "target"])
@@ -89,6 +94,7 @@ class Config:
     storage: StorageSection = field(default_factory=StorageSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     enrich: EnrichSection = field(default_factory=EnrichSection)
+    launcher: LauncherSection = field(default_factory=LauncherSection)
     source: str | None = None
 
     @property

@@ -22,11 +22,13 @@ import structlog
 import zmq
 
 from persist.daemon import checkpoints, enrich, reader
+from persist.daemon.agents import Presence
 from persist.daemon.bus import Bus
 from persist.daemon.config import Config
 from persist.daemon.control import ControlServer
 from persist.daemon.gaps import Outage, SenderSequences
 from persist.daemon.record import Message, encode, iso_utc, system_message
+from persist.daemon.sdnotify import Notifier
 from persist.daemon.spool import Spool
 from persist.daemon.store import DiskFull, LogDir, SegmentWriter, repair_tail
 
@@ -39,8 +41,12 @@ log = structlog.get_logger("persist.daemon")
 class Recorder:
     """Records one log directory; built by ``main``, driven by ``run()``."""
 
-    def __init__(self, cfg: Config, reload: Callable[[], Config]) -> None:
+    def __init__(self, cfg: Config, reload: Callable[[], Config], launched: bool = False) -> None:
         self.cfg = cfg
+        self.launched = launched  # started by the launcher: stop once no agent is left
+        self.idle_since: float | None = None
+        self.stop_requested = False
+        self.notify = Notifier()
         self.reload_config = reload
         self.log = LogDir(cfg.log_dir)
         self.writer = SegmentWriter(self.log, cfg.daemon.fsync)
@@ -102,6 +108,8 @@ class Recorder:
         self.record_system("start", {"pid": os.getpid(), "config": self.cfg.source,
                                      "endpoints": self.bus.endpoints, "resumed_after_seq": self.seq})
         self.commit()
+        self.presence = Presence(self.log)
+        self.notify.ready(f"recording into {self.log.root}")
         log.info("recording", log_dir=str(self.log.root), endpoints=self.bus.endpoints,
                  subscribe=self.bus.subscriptions, fsync=self.cfg.daemon.fsync, next_seq=self.seq + 1)
 
@@ -113,7 +121,7 @@ class Recorder:
     def run(self) -> None:
         """Record until SIGTERM/SIGINT; then drain, commit and return."""
         stopping = False
-        while not stopping:
+        while not (stopping or self.stop_requested):
             ready = dict(self.poller.poll(self._timeout_ms()))
             if self.bus.sock in ready:
                 self.record_batch(self.bus.receive(BATCH))
@@ -125,13 +133,16 @@ class Recorder:
                 stopping = self.act_on_signals()
             self.commit_if_due()
             self.housekeeping()
+            self.notify.tick(self.status_line)
         self.shutdown()
 
     def _timeout_ms(self) -> int:
+        wait = 1000
         if self.pending:
             due = self.pending_since + self.cfg.daemon.commit_interval_ms / 1000
-            return max(0, int((due - time.monotonic()) * 1000) + 1)
-        return 1000
+            wait = max(0, int((due - time.monotonic()) * 1000) + 1)
+        watchdog = self.notify.timeout_ms()
+        return wait if watchdog is None else min(wait, watchdog)
 
     def record_batch(self, batch: list[list[bytes]]) -> None:
         """Enrich and encode each message, then append the whole batch at once."""
@@ -220,6 +231,7 @@ class Recorder:
         if self.rate and now - self.rate[-1][0] < 1.0:
             return
         self.rate.append((now, self.recorded))
+        self.note_agents()
         if self.spool.lines:
             self.retry_spool()
         storage = self.cfg.storage
@@ -227,6 +239,25 @@ class Recorder:
             self.commit()
             closed = self.writer.rotate()
             log.info("rotated", segment=str(closed))
+
+    def note_agents(self) -> None:
+        """Record agents joining and leaving; a launched daemon stops when the last has gone."""
+        for change in self.presence.poll(check_pids=True):
+            log.info("agent_" + change.event, agent=change.info.get("agent"), pid=change.info.get("pid"))
+            self.record_system("agent", {"event": change.event, **change.info})
+        if not self.launched:
+            return
+        if self.presence.known:
+            self.idle_since = None
+        elif self.idle_since is None:
+            self.idle_since = time.monotonic()
+        elif time.monotonic() - self.idle_since >= self.cfg.launcher.grace_s:
+            log.info("stopping", reason="no agents left", grace_s=self.cfg.launcher.grace_s)
+            self.stop_requested = True
+
+    def status_line(self) -> str:
+        rate = self.status()["rate"]
+        return f"recording, {rate:.0f} msg/s, last seq {self.seq}" + (", DISK FULL" if self.spool.lines else "")
 
     def retry_spool(self) -> None:
         """Write what the disk refused, then a gap record for what had to be dropped."""
@@ -301,6 +332,7 @@ class Recorder:
 
     def shutdown(self) -> None:
         """Drain what the socket still holds, write it, write a stop record, commit."""
+        self.notify.stopping()
         deadline = time.monotonic() + DRAIN_SECONDS
         while time.monotonic() < deadline and (batch := self.bus.receive(BATCH)):
             self.record_batch(batch)
@@ -316,6 +348,7 @@ class Recorder:
 
     def close(self) -> None:
         signal.set_wakeup_fd(-1)
+        self.presence.close()
         self.bus.close()
         self.control.close()
         self.writer.close()
@@ -346,6 +379,8 @@ class Recorder:
             "spooled": len(self.spool.lines),
             "dropped": self.spool.dropped,
             "active_segment_bytes": self.writer.size,
+            "launched": self.launched,
+            "agents": sorted(str(a.get("agent")) for a in self.presence.known.values()),
             "last_checkpoint": None if self.last_checkpoint is None else {
                 k: self.last_checkpoint[k] for k in ("id", "label", "reason", "created_at", "last_seq")},
         }

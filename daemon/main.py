@@ -57,7 +57,8 @@ def flag_overrides(connect, bind, subscribe, log_dir, checkpoint_interval, fsync
 @click.option("--log-format", type=click.Choice(["auto", "console", "json"]), help="Log lines for humans (console) or machines (json); auto picks by TTY.")
 @click.option("--log-level", type=click.Choice(LEVELS), help="Lowest level logged (default info).")
 @click.option("--check-config", is_flag=True, help="Validate the config and flags, print the result, exit.")
-def main(config_path, check_config, **flags) -> None:
+@click.option("--launched", is_flag=True, hidden=True, help="Started by the launcher: stop when the last agent leaves.")
+def main(config_path, check_config, launched, **flags) -> None:
     """Record every message on the agents' ZeroMQ bus into a durable JSONL log."""
     overrides = flag_overrides(**flags)
     try:
@@ -68,10 +69,10 @@ def main(config_path, check_config, **flags) -> None:
         click.echo(f"config ok ({cfg.source or 'defaults'}): log_dir={cfg.log_dir} connect={cfg.daemon.connect} bind={cfg.daemon.bind}")
         return
     logs.setup(cfg.daemon.log_format, cfg.daemon.log_level)
-    sys.exit(record(cfg, lambda: config.load(config_path, overrides)))
+    sys.exit(record(cfg, lambda: config.load(config_path, overrides), launched))
 
 
-def record(cfg: config.Config, reload) -> int:
+def record(cfg: config.Config, reload, launched: bool = False) -> int:
     """Hold the log dir's lock and record until stopped; the process exit code."""
     log_dir = LogDir(cfg.log_dir)
     try:
@@ -81,7 +82,7 @@ def record(cfg: config.Config, reload) -> int:
         fail(1, str(exc))
     except OSError as exc:
         fail(1, f"cannot use log dir {cfg.log_dir}: {exc.strerror}; choose a writable --log-dir")
-    recorder = Recorder(cfg, reload)
+    recorder = Recorder(cfg, reload, launched)
     try:
         write_atomically(log_dir.pid_file, f"{os.getpid()}\n".encode())
         recorder.start()
