@@ -12,7 +12,7 @@ import sys
 import click
 
 from persist.cli.common import Failure, UsageError
-from persist.daemon.errors import CheckpointError, ControlError, RestoreError
+from persist.daemon.errors import CheckpointError, ControlError, RestoreError, SearchIndexError
 
 COMMANDS = {
     "status": "status:status",
@@ -26,6 +26,11 @@ COMMANDS = {
     "stats": "status:stats",
     "menu": "menu:menu",
     "broker": "broker:broker",
+    "search": "search:search_cmd",
+    "thread": "search:thread_cmd",
+    "threads": "search:threads_cmd",
+    "index": "search:index_group",
+    "replay": "replay:replay",
 }
 
 
@@ -46,7 +51,7 @@ class Group(click.Group):
             return super().invoke(ctx)
         except (CheckpointError, RestoreError) as exc:
             raise UsageError(str(exc)) from None
-        except ControlError as exc:
+        except (ControlError, SearchIndexError) as exc:
             raise Failure(str(exc)) from None
 
 

@@ -69,6 +69,11 @@ class CheckpointSection:
 
 
 @dataclass
+class IndexSection:
+    enabled: bool = True
+
+
+@dataclass
 class LauncherSection:
     grace_s: float = 10.0
 
@@ -95,6 +100,7 @@ class Config:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     enrich: EnrichSection = field(default_factory=EnrichSection)
     launcher: LauncherSection = field(default_factory=LauncherSection)
+    index: IndexSection = field(default_factory=IndexSection)
     source: str | None = None
 
     @property
@@ -124,6 +130,12 @@ def _check(key: str, hint: Any, value: Any, source: str | None) -> Any:
             value = hint(value)
         except ValueError:
             raise ConfigError(key, f"must be a number, got {value!r}", source) from None
+    if hint is bool:
+        if isinstance(value, str) and source and source.startswith("$"):
+            value = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(value.lower(), value)
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}", source)
+        return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, hint) or isinstance(value, bool):

@@ -11,3 +11,7 @@ class CheckpointError(ValueError):
 
 class RestoreError(RuntimeError):
     """The restore cannot be done safely; nothing was changed."""
+
+
+class SearchIndexError(RuntimeError):
+    """No search index, or a query it cannot run."""

@@ -27,6 +27,7 @@ from persist.daemon.bus import Bus
 from persist.daemon.config import Config
 from persist.daemon.control import ControlServer
 from persist.daemon.gaps import Outage, SenderSequences
+from persist.daemon.indexer import IndexerProcess
 from persist.daemon.record import Message, encode, iso_utc, system_message
 from persist.daemon.sdnotify import Notifier
 from persist.daemon.spool import Spool
@@ -109,6 +110,9 @@ class Recorder:
                                      "endpoints": self.bus.endpoints, "resumed_after_seq": self.seq})
         self.commit()
         self.presence = Presence(self.log)
+        self.indexer = IndexerProcess(self.log)
+        if self.cfg.index.enabled:
+            self.indexer.start()
         self.notify.ready(f"recording into {self.log.root}")
         log.info("recording", log_dir=str(self.log.root), endpoints=self.bus.endpoints,
                  subscribe=self.bus.subscriptions, fsync=self.cfg.daemon.fsync, next_seq=self.seq + 1)
@@ -232,6 +236,7 @@ class Recorder:
             return
         self.rate.append((now, self.recorded))
         self.note_agents()
+        self.indexer.check()
         if self.spool.lines:
             self.retry_spool()
         storage = self.cfg.storage
@@ -343,6 +348,7 @@ class Recorder:
         self.record_system("stop", {"pid": os.getpid(), "recorded": self.recorded,
                                     "spooled_unwritten": len(self.spool.lines)})
         self.commit()
+        self.indexer.stop()
         self.close()
         log.info("stopped", recorded=self.recorded, last_seq=self.seq)
 
@@ -380,6 +386,7 @@ class Recorder:
             "dropped": self.spool.dropped,
             "active_segment_bytes": self.writer.size,
             "launched": self.launched,
+            "indexer_pid": self.indexer.pid,
             "agents": sorted(str(a.get("agent")) for a in self.presence.known.values()),
             "last_checkpoint": None if self.last_checkpoint is None else {
                 k: self.last_checkpoint[k] for k in ("id", "label", "reason", "created_at", "last_seq")},

@@ -1,0 +1,66 @@
+"""``persist-cli replay``: publish recorded messages again, same frames, original pacing ÷ rate."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import zmq
+
+from persist.cli.common import Failure, UsageError, json_lines, parse_when, require_log, with_log_dir
+from persist.daemon import checkpoints
+from persist.daemon.config import ENDPOINT
+from persist.daemon.replay import NoSubscriber, Selection, open_socket, send, wait_for_subscriber
+
+
+@click.command()
+@click.option("--checkpoint", "checkpoint_id", metavar="ID", help="Replay what was recorded after checkpoint ID.")
+@click.option("--since", help="ISO time or a duration ago (15m, 2h).")
+@click.option("--until", help="ISO time or a duration ago.")
+@click.option("--topic", "topics", multiple=True, help="Topic prefix (repeatable).")
+@click.option("--sender")
+@click.option("--thread", "thread_id")
+@click.option("--to", "endpoint", default="tcp://127.0.0.1:5556", show_default=True,
+              help="Where to publish (default: the broker's publisher side).")
+@click.option("--bind", is_flag=True, help="Bind ENDPOINT instead of connecting (subscribers connect to us).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Speed-up: original gaps are divided by this.")
+@click.option("--as-fast", is_flag=True, help="No pacing: send as fast as possible.")
+@click.option("--wait", type=float, default=10.0, show_default=True, help="Seconds to wait for a subscriber.")
+@click.option("--dry-run", is_flag=True, help="Print what would be sent (JSON Lines), send nothing.")
+@with_log_dir
+def replay(cfg, log, checkpoint_id, since, until, topics, sender, thread_id, endpoint, bind, rate, as_fast, wait,
+           dry_run) -> None:
+    """Publish recorded messages again, byte for byte, in recorded order (never $persist/ records)."""
+    require_log(log)
+    if not ENDPOINT.match(endpoint):
+        raise UsageError(f"--to {endpoint!r} is not a ZeroMQ endpoint such as tcp://127.0.0.1:5556")
+    after = checkpoints.find(log, checkpoint_id)["last_seq"] if checkpoint_id else 0
+    selection = Selection(after, parse_when(since, "--since"), parse_when(until, "--until"), tuple(topics),
+                          sender, thread_id)
+    if dry_run:
+        json_lines(e.line for e in selection.entries(log))
+        return
+    total = sum(1 for _ in selection.entries(log))
+    if total == 0:
+        click.echo("nothing to replay for that selection", err=True)
+        return
+    ctx = zmq.Context()
+    try:
+        try:
+            sock = open_socket(ctx, endpoint, bind)
+            wait_for_subscriber(sock, endpoint, wait)
+        except zmq.ZMQError as exc:
+            raise Failure(f"cannot {'bind' if bind else 'connect to'} {endpoint}: {exc.strerror}") from None
+        except NoSubscriber as exc:
+            raise Failure(str(exc)) from None
+        quiet = None if sys.stderr.isatty() else open("/dev/null", "w")
+        with click.progressbar(length=total, label=f"replaying to {endpoint}", file=quiet) as bar:
+            try:
+                n = send(sock, selection.entries(log), None if as_fast else rate, lambda _: bar.update(1))
+            except KeyboardInterrupt:
+                click.echo(f"\nreplay stopped after {bar.pos} of {total} messages", err=True)
+                sys.exit(130)
+        click.echo(f"replayed {n} messages to {endpoint}", err=True)
+    finally:
+        ctx.destroy(linger=5000)

@@ -1,0 +1,147 @@
+"""The indexer process: keeps ``metadata_index/`` current while the daemon records.
+
+A separate process (``python -m persist.daemon.indexer --log-dir D``), started
+and restarted by the daemon, so that it can never block the writer nor cost a
+record if it crashes. It follows the JSONL (woken by watchdog, with a short poll
+as a safety net), commits at least every ``COMMIT_EVERY`` seconds so a record
+is searchable within a second of being written, and after a kill -9 resumes
+from its last committed position. One indexer per log dir (an flock).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+import structlog
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers import Observer
+
+from persist.daemon import index, logs
+from persist.daemon.store import LogDir
+
+COMMIT_EVERY = 0.25
+BATCH = 2000
+log = structlog.get_logger("persist.indexer")
+
+
+class _Wake(FileSystemEventHandler):
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def on_any_event(self, event) -> None:
+        if "metadata_index" not in event.src_path:
+            self.event.set()
+
+
+def run(log_dir: LogDir, stop: threading.Event) -> None:
+    """Index until ``stop`` is set."""
+    path = index.index_path(log_dir)
+    db = index.connect(path)
+    inode = os.stat(path).st_ino
+    wake = threading.Event()
+    observer = Observer()
+    observer.schedule(_Wake(wake), str(log_dir.root), recursive=True)
+    observer.start()
+    try:
+        while not stop.is_set():
+            if os.stat(path).st_ino != inode:  # `persist-cli index rebuild` replaced the file
+                db.close()
+                db = index.connect(path)
+                inode = os.stat(path).st_ino
+            batch = []
+            deadline = time.monotonic() + COMMIT_EVERY
+            for item in index.pending(log_dir, db):
+                batch.append(item)
+                if len(batch) >= BATCH or time.monotonic() >= deadline:
+                    index.add(db, batch)
+                    batch = []
+                    deadline = time.monotonic() + COMMIT_EVERY
+                    if stop.is_set():
+                        break
+            index.add(db, batch)
+            wake.wait(0.5)
+            wake.clear()
+    finally:
+        observer.stop()
+        observer.join(timeout=2)
+        db.close()
+
+
+class IndexerProcess:
+    """The daemon's handle on its indexer child: start it, restart it if it dies, stop it."""
+
+    def __init__(self, log_dir: LogDir) -> None:
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self.next_start = 0.0
+
+    def start(self) -> None:
+        index.index_dir(self.log_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        out = open(index.index_dir(self.log_dir) / "indexer.log", "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "persist.daemon.indexer", "--log-dir", str(self.log_dir.root)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, close_fds=True)
+        finally:
+            out.close()
+
+    def check(self) -> None:
+        """Restart a dead indexer, waiting longer after each failure (up to a minute)."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        if time.monotonic() < self.next_start:
+            return
+        log.warning("indexer_died", code=self.proc.returncode, restarts=self.restarts,
+                    log=str(index.index_dir(self.log_dir) / "indexer.log"))
+        self.restarts += 1
+        self.next_start = time.monotonic() + min(60, 2 ** self.restarts)
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+
+@click.command()
+@click.option("--log-dir", required=True)
+def main(log_dir: str) -> None:
+    logs.setup("json", "info")
+    log_dir_ = LogDir(Path(log_dir).resolve())
+    index.index_dir(log_dir_).mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock_fd = os.open(index.index_dir(log_dir_) / "indexer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info("indexer_already_running", log_dir=log_dir)
+        sys.exit(0)
+    os.ftruncate(lock_fd, 0)
+    os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("indexing", log_dir=log_dir)
+    run(log_dir_, stop)
+    log.info("indexer_stopped")
+
+
+if __name__ == "__main__":
+    main()

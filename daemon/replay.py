@@ -1,0 +1,92 @@
+"""Crash-recovery replay: publish recorded messages again, the same frames, in recorded order.
+
+Never replays the daemon's own ``$persist/`` records. Paced by the original
+gaps between messages divided by ``rate`` (or as fast as possible). Sends
+through an XPUB socket so that it can wait until a subscriber is there before
+the first message: nothing is lost to the slow-joiner effect.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import zmq
+
+from persist.daemon import reader
+from persist.daemon.record import is_system
+from persist.daemon.store import LogDir
+
+
+class NoSubscriber(RuntimeError):
+    """Nobody subscribed on the target endpoint within the wait."""
+
+
+@dataclass
+class Selection:
+    after_seq: int = 0
+    since: str | None = None
+    until: str | None = None
+    topics: tuple[str, ...] = field(default_factory=tuple)  # prefixes; any may match
+    sender: str | None = None
+    thread: str | None = None
+
+    def entries(self, log: LogDir) -> Iterator[reader.Entry]:
+        for e in reader.records(log, self.after_seq):
+            rec = e.rec
+            if is_system(rec):
+                continue
+            if self.until is not None and rec["received_at"] > self.until:
+                return
+            if self.since is not None and rec["received_at"] < self.since:
+                continue
+            if self.topics and not rec["topic"].startswith(self.topics):
+                continue
+            meta = rec.get("meta", {})
+            if self.sender is not None and str(meta.get("sender")) != self.sender:
+                continue
+            if self.thread is not None and str(meta.get("thread_id")) != self.thread:
+                continue
+            yield e
+
+
+def open_socket(ctx: zmq.Context, endpoint: str, bind: bool) -> zmq.Socket:
+    sock = ctx.socket(zmq.XPUB)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.LINGER, 10_000)
+    (sock.bind if bind else sock.connect)(endpoint)
+    return sock
+
+
+def wait_for_subscriber(sock: zmq.Socket, endpoint: str, timeout: float) -> None:
+    if not sock.poll(int(timeout * 1000), zmq.POLLIN):
+        raise NoSubscriber(f"no subscriber on {endpoint} within {timeout:.0f} s: is the broker running "
+                           "(persist-cli broker) and something subscribed?")
+    while sock.poll(0, zmq.POLLIN):
+        sock.recv()
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def send(sock: zmq.Socket, entries: Iterator[reader.Entry], rate: float | None,
+         sent: Callable[[reader.Entry], None] | None = None) -> int:
+    """Publish each entry's frames; ``rate`` None means as fast as possible."""
+    n = 0
+    first_orig = first_wall = None
+    for e in entries:
+        if rate is not None:
+            t = _epoch(e.rec["received_at"])
+            if first_orig is None:
+                first_orig, first_wall = t, time.monotonic()
+            delay = first_wall + (t - first_orig) / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        sock.send_multipart(e.frames())
+        n += 1
+        if sent:
+            sent(e)
+    return n

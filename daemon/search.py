@@ -1,0 +1,82 @@
+"""Queries over the search index: ranked full-text search, threads, and one thread's records.
+
+FTS5 query syntax (words, "phrases", prefix*, AND/OR/NOT) is passed through;
+a query FTS5 rejects becomes a ``SearchIndexError`` with a one-line hint.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from persist.daemon.errors import SearchIndexError
+
+HIGHLIGHT = ("\x1b[1;33m", "\x1b[0m")
+
+
+@dataclass
+class Filters:
+    sender: str | None = None
+    topic: str | None = None  # a prefix, like a subscription
+    thread: str | None = None
+    kind: str | None = None
+    since: str | None = None  # ISO UTC, compared with received_at
+    until: str | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses, args = [], []
+        for column, value in (("r.sender", self.sender), ("r.thread_id", self.thread), ("r.kind", self.kind)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        if self.topic is not None:
+            clauses.append("substr(r.topic, 1, ?) = ?")
+            args += [len(self.topic), self.topic]
+        if self.since is not None:
+            clauses.append("r.received_at >= ?")
+            args.append(self.since)
+        if self.until is not None:
+            clauses.append("r.received_at <= ?")
+            args.append(self.until)
+        return "".join(f" AND {c}" for c in clauses), args
+
+
+def search(db: sqlite3.Connection, query: str, filters: Filters, limit: int = 20,
+           highlight: tuple[str, str] = ("", "")) -> list[dict[str, Any]]:
+    """Hits ranked by relevance (bm25), newest first among equals, each with a snippet."""
+    where, args = filters.where()
+    sql = (
+        "SELECT r.seq, r.segment, r.offset, snippet(fts, -1, ?, ?, '…', 12) AS snippet, bm25(fts) AS rank "
+        "FROM fts JOIN records r ON r.seq = fts.rowid "
+        f"WHERE fts MATCH ?{where} AND r.topic NOT LIKE '$persist/%' ORDER BY rank, r.seq DESC LIMIT ?"
+    )
+    try:
+        rows = db.execute(sql, [*highlight, query, *args, limit]).fetchall()
+    except sqlite3.OperationalError as exc:
+        raise SearchIndexError(
+            f"search query {query!r} is not valid FTS5 ({exc}); use words, \"a phrase\", prefix*, AND/OR/NOT, "
+            "and quote words with punctuation"
+        ) from None
+    return [{"seq": s, "segment": seg, "offset": off, "snippet": snip, "rank": rank} for s, seg, off, snip, rank in rows]
+
+
+def thread_rows(db: sqlite3.Connection, thread_id: str) -> list[tuple[str, int]]:
+    """Where each record of one thread lives, in recorded order."""
+    return db.execute("SELECT segment, offset FROM records WHERE thread_id = ? ORDER BY seq", (thread_id,)).fetchall()
+
+
+def threads(db: sqlite3.Connection, limit: int = 100) -> list[dict[str, Any]]:
+    """Threads, most recently active first, with first/last time, turns and participants."""
+    rows = db.execute(
+        "SELECT thread_id, min(received_at), max(received_at), count(*), group_concat(DISTINCT sender) "
+        "FROM records WHERE thread_id IS NOT NULL GROUP BY thread_id ORDER BY max(seq) DESC LIMIT ?", (limit,)
+    ).fetchall()
+    return [{"thread_id": t, "first_at": a, "last_at": b, "turns": n, "participants": sorted((p or "").split(",") if p else [])}
+            for t, a, b, n, p in rows]
+
+
+def close_threads(db: sqlite3.Connection, thread_id: str) -> list[str]:
+    known = [t for (t,) in db.execute("SELECT DISTINCT thread_id FROM records WHERE thread_id IS NOT NULL LIMIT 10000")]
+    return difflib.get_close_matches(thread_id, known, n=3)
