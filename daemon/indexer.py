@@ -138,6 +138,7 @@ def main(log_dir: str) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    os.nice(10)  # recording comes first: on a busy machine the index catches up afterwards
     log.info("indexing", log_dir=log_dir)
     run(log_dir_, stop)
     log.info("indexer_stopped")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Recording speed: persist-daemon against a bare pyzmq SUB and a naive recorder, in one run.
 
-    .venv/bin/python scripts/bench_record.py [--messages 200000] [--quick]
+    .venv/bin/python scripts/bench_record.py [--messages 200000] [--quick] [--no-index]
 
 One broker (``persist-cli broker``) on free loopback ports; one publisher sends
 a burst of realistic ~400-byte JSON agent messages. Three receivers take the
@@ -19,11 +19,6 @@ bare, ≥ 30 × naive), loss, and the daemon's peak RSS.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import random
-import re
 import select
 import shutil
 import subprocess
@@ -32,40 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import zmq
-
-BIN = Path(sys.executable).parent
-AGENTS = ["claude_code", "gemini_cli", "planner", "tool_server", "critic"]
-KINDS = ["request", "response", "tool_call", "tool_result", "critique"]
-
-
-def message(i: int, rnd: random.Random, counters: dict[str, int]) -> bytes:
-    """A realistic agent message of about 400 bytes, with its sender's own sequence number."""
-    sender, recipient = rnd.sample(AGENTS, 2)
-    counters[sender] = counters.get(sender, 0) + 1
-    body = {
-        "sender": sender,
-        "recipient": recipient,
-        "thread_id": f"thread-{i % 97:04d}",
-        "kind": rnd.choice(KINDS),
-        "sender_seq": counters[sender],
-        "ts": time.time(),
-        "content": "Reviewed the patch to the session store; the retry loop in flush() can spin "
-        "when the socket closes mid-write. Suggest a bounded backoff and a test that "
-        f"kills the peer. ref={i:08d}",
-        "tools": ["grep", "pytest"],
-    }
-    return json.dumps(body).encode()
-
-
-def start_broker() -> tuple[subprocess.Popen, str, str]:
-    proc = subprocess.Popen(
-        [BIN / "persist-cli", "broker", "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*"],
-        stderr=subprocess.PIPE, text=True,
-    )
-    m = re.search(r"connect to (\S+), subscribers to (\S+)", proc.stderr.readline())
-    return proc, m.group(1), m.group(2)
-
+from benchlib import Daemon, machine, payloads, publisher, rss_peak_mb, start_broker, wait_until_receiving
 
 BARE = r"""
 import sys, time, zmq
@@ -102,54 +64,39 @@ print(time.time(), flush=True)
 """
 
 
-def publisher(frontend: str) -> zmq.Socket:
-    pub = zmq.Context.instance().socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)
-    pub.connect(frontend)
-    return pub
-
-
-def burst(pub: zmq.Socket, payloads: list[bytes]) -> float:
+def burst(pub, msgs: list[bytes]) -> float:
     t0 = time.time()
     send = pub.send_multipart
-    for p in payloads:
+    for p in msgs:
         send([b"agent.chat", p])
     return t0
 
 
-def probe_until(pub: zmq.Socket, seen) -> None:
-    while not seen():
-        pub.send_multipart([b"probe", b"{}"])
-        time.sleep(0.05)
-
-
-def run_script(script: str, backend: str, pub: zmq.Socket, payloads: list[bytes], *extra: str) -> float:
-    proc = subprocess.Popen([sys.executable, "-c", script, backend, str(len(payloads)), *extra],
+def run_script(script: str, backend: str, pub, msgs: list[bytes], *extra: str) -> float:
+    proc = subprocess.Popen([sys.executable, "-c", script, backend, str(len(msgs)), *extra],
                             stdout=subprocess.PIPE, text=True)
-    probe_until(pub, lambda: select.select([proc.stdout], [], [], 0)[0])
+    while not select.select([proc.stdout], [], [], 0.05)[0]:
+        pub.send_multipart([b"probe", b"{}"])
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.5)
-    t0 = burst(pub, payloads)
+    t0 = burst(pub, msgs)
     t_end = float(proc.stdout.readline())
     proc.wait()
-    return len(payloads) / (t_end - t0)
+    return len(msgs) / (t_end - t0)
 
 
-def run_persist(backend: str, pub: zmq.Socket, payloads: list[bytes], log_dir: Path) -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from procs import Daemon  # the same harness the tests use
-
-    daemon = Daemon(log_dir, "--connect", backend).start()
-    probe_until(pub, lambda: daemon.status()["recorded"] > 2)
+def run_persist(backend: str, pub, msgs: list[bytes], log_dir: Path, *args: str) -> dict:
+    daemon = Daemon(log_dir, "--connect", backend, *args).start()
+    wait_until_receiving(daemon, pub)
     base = daemon.status()["recorded"]
     time.sleep(0.5)
-    n = len(payloads)
-    t0 = burst(pub, payloads)
+    n = len(msgs)
+    t0 = burst(pub, msgs)
     deadline = time.time() + 600
     while daemon.status()["recorded"] < base + n and time.time() < deadline:
         time.sleep(0.005)
     t_end = time.time()
-    rss_kb = int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{daemon.proc.pid}/status").read_text()).group(1))
+    rss = rss_peak_mb(daemon.proc.pid)
     daemon.stop()
     records = daemon.records()
     seqs = [e.seq for e in records]
@@ -158,9 +105,29 @@ def run_persist(backend: str, pub: zmq.Socket, payloads: list[bytes], log_dir: P
         "lost": n - sum(e.rec["topic"] == "agent.chat" for e in records),
         "gap_records": sum(e.rec["topic"] == "$persist/gap" for e in records),
         "seq_continuous": seqs == list(range(1, len(seqs) + 1)),
-        "rss_mb": rss_kb / 1024,
-        "log_mb": sum(p.stat().st_size for p in daemon.log.segment_files()) / 2**20,
+        "rss_mb": rss,
     }
+
+
+def measure(n: int, naive_n: int = 2000, index: bool = True, baselines: bool = True) -> dict:
+    """Rates of bare, naive and persist on the same burst of ``n`` messages."""
+    msgs = payloads(n)
+    work = Path(tempfile.mkdtemp(prefix="persist-bench-", dir="/tmp"))
+    config = work / "persist.toml"
+    config.write_text(f"[index]\nenabled = {'true' if index else 'false'}\n")
+    broker, frontend, backend = start_broker()
+    pub = publisher(frontend)
+    try:
+        result = {"messages": n, "bytes_avg": sum(map(len, msgs)) / n}
+        if baselines:
+            result["bare"] = run_script(BARE, backend, pub, msgs)
+            result["naive"] = run_script(NAIVE, backend, pub, msgs[:naive_n], str(work / "naive.jsonl"))
+        result["persist"] = run_persist(backend, pub, msgs, work / "logs", "--config", str(config))
+        return result
+    finally:
+        pub.close(linger=0)
+        broker.kill()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
@@ -168,32 +135,18 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=200_000)
     ap.add_argument("--naive-messages", type=int, default=2_000)
     ap.add_argument("--quick", action="store_true", help="a CI-sized run (50k messages)")
+    ap.add_argument("--no-index", action="store_true", help="record without the search indexer")
     args = ap.parse_args()
-    n = 50_000 if args.quick else args.messages
-    rnd = random.Random(7)
-    counters: dict[str, int] = {}
-    payloads = [message(i, rnd, counters) for i in range(n)]
-    work = Path(tempfile.mkdtemp(prefix="persist-bench-", dir="/tmp"))
-    broker, frontend, backend = start_broker()
-    pub = publisher(frontend)
-    try:
-        bare = run_script(BARE, backend, pub, payloads)
-        naive = run_script(NAIVE, backend, pub, payloads[: args.naive_messages], str(work / "naive.jsonl"))
-        persist = run_persist(backend, pub, payloads, work / "logs")
-    finally:
-        pub.close(linger=0)
-        broker.kill()
-        shutil.rmtree(work, ignore_errors=True)
-    size = sum(map(len, payloads)) / n
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"pyzmq {zmq.__version__}; {n} messages of {size:.0f} bytes avg")
+    r = measure(50_000 if args.quick else args.messages, args.naive_messages, index=not args.no_index)
+    p, bare, naive = r["persist"], r["bare"], r["naive"]
+    print(f"machine: {machine()}; {r['messages']} messages of {r['bytes_avg']:.0f} bytes avg")
     print(f"{'receiver':<10}{'msg/s':>12}   ratio")
     print(f"{'bare':<10}{bare:>12,.0f}   1.00 × bare")
     print(f"{'naive':<10}{naive:>12,.0f}   {naive / bare:.3f} × bare")
-    print(f"{'persist':<10}{persist['rate']:>12,.0f}   {persist['rate'] / bare:.2f} × bare (target ≥ 0.6), "
-          f"{persist['rate'] / naive:.0f} × naive (target ≥ 30)")
-    print(f"persist loss: {persist['lost']} (target 0), gap records: {persist['gap_records']}; seq continuous: {persist['seq_continuous']}; "
-          f"peak RSS {persist['rss_mb']:.1f} MB (target ≤ 80); log {persist['log_mb']:.1f} MiB")
+    print(f"{'persist':<10}{p['rate']:>12,.0f}   {p['rate'] / bare:.2f} × bare (target ≥ 0.6), "
+          f"{p['rate'] / naive:.0f} × naive (target ≥ 30)")
+    print(f"persist loss: {p['lost']} (target 0), gap records: {p['gap_records']}; seq continuous: "
+          f"{p['seq_continuous']}; peak RSS {p['rss_mb']:.1f} MB (target ≤ 80)")
 
 
 if __name__ == "__main__":

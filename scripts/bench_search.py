@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Search speed on a big log against grep, and what indexing costs the recorder, in one run.
+
+    .venv/bin/python scripts/bench_search.py [--records 1000000] [--quick]
+
+Builds a log of realistic records, indexes it (``persist-cli index rebuild``,
+timed), then runs typical queries through the library 20 times each (p50 and
+p95, fetching the records from the JSONL as ``search --json`` does) and once as
+a whole ``persist-cli search`` process; the baseline is ``grep -c`` over the same
+JSONL. Then the recording rate with the indexer on vs off (target: ≤ 10 % slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import bench_record
+from benchlib import BIN, build_log, machine, percentile
+
+from persist.daemon import index
+from persist.daemon.search import Filters, search
+from persist.daemon.store import LogDir
+
+QUERIES = [
+    ("word", "backoff", Filters()),
+    ("phrase", '"retry loop"', Filters()),
+    ("prefix", "migrat*", Filters()),
+    ("boolean", "checkpoint AND replay NOT cache", Filters()),
+    ("word + sender", "latency", Filters(sender="planner")),
+    ("very common word", "kaka", Filters()),  # in most records: the worst case for ranking
+]
+
+
+def time_query(log: LogDir, db, query: str, filters: Filters, runs: int = 20) -> list[float]:
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        hits = search(db, query, filters, 20)
+        list(index.entries(log, [(h["segment"], h["offset"]) for h in hits]))
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def measure(records: int, record_messages: int) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="persist-bench-", dir="/tmp"))
+    try:
+        log = LogDir(work / "logs")
+        t = time.perf_counter()
+        build_log(log.root, records=records)
+        build_s = time.perf_counter() - t
+        t = time.perf_counter()
+        subprocess.run([BIN / "persist-cli", "index", "rebuild", "--log-dir", str(log.root)], check=True,
+                       stdout=subprocess.DEVNULL)
+        rebuild_s = time.perf_counter() - t
+        db = index.connect(index.index_path(log), create=False)
+        queries = {}
+        for name, q, f in QUERIES:
+            times = time_query(log, db, q, f)
+            queries[name] = {"query": q, "p50": percentile(times, 50), "p95": percentile(times, 95)}
+        files = [str(p) for p in log.segment_files()]
+        greps = []
+        for _ in range(3):
+            t = time.perf_counter()
+            # not to /dev/null: GNU grep then stops at the first match, as with -q
+            subprocess.run(["grep", "-c", "backoff", *files], stdout=subprocess.PIPE, check=False)
+            greps.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        subprocess.run([BIN / "persist-cli", "search", "backoff", "--log-dir", str(log.root)], check=True,
+                       stdout=subprocess.DEVNULL)
+        cli_s = time.perf_counter() - t
+        size = sum(Path(p).stat().st_size for p in files)
+        index_size = index.index_path(log).stat().st_size
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    on = bench_record.measure(record_messages, index=True, baselines=False)["persist"]["rate"]
+    off = bench_record.measure(record_messages, index=False, baselines=False)["persist"]["rate"]
+    return {"records": records, "log_bytes": size, "index_bytes": index_size, "build_s": build_s,
+            "rebuild_s": rebuild_s, "queries": queries, "grep": statistics.median(greps), "cli_search": cli_s,
+            "rate_index_on": on, "rate_index_off": off}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--messages", type=int, default=100_000, help="burst size for the indexing-cost measure")
+    ap.add_argument("--quick", action="store_true", help="100k records, 30k-message bursts")
+    args = ap.parse_args()
+    r = measure(100_000 if args.quick else args.records, 30_000 if args.quick else args.messages)
+    print(f"machine: {machine()}")
+    print(f"log: {r['records']:,} records, {r['log_bytes'] / 2**20:.0f} MiB; index {r['index_bytes'] / 2**20:.0f} MiB, "
+          f"rebuilt in {r['rebuild_s']:.1f} s")
+    print(f"{'query':<16}{'p50':>9}{'p95':>9}   vs grep -c ({r['grep'] * 1e3:.0f} ms)")
+    for name, q in r["queries"].items():
+        print(f"{name:<16}{q['p50'] * 1e3:>7.1f}ms{q['p95'] * 1e3:>7.1f}ms   {r['grep'] / q['p50']:.0f} × faster"
+              f"   {q['query']}")
+    print(f"persist-cli search, whole process: {r['cli_search'] * 1e3:.0f} ms (target for the query: p50 ≤ 50 ms)")
+    slower = 1 - r["rate_index_on"] / r["rate_index_off"]
+    print(f"recording with indexer: {r['rate_index_on']:,.0f} msg/s, without: {r['rate_index_off']:,.0f} msg/s "
+          f"→ {slower * 100:+.1f} % slower (target ≤ 10 %)")
+
+
+if __name__ == "__main__":
+    main()
