@@ -14,6 +14,10 @@ from typing import Any
 from persist.daemon.errors import SearchIndexError
 
 HIGHLIGHT = ("\x1b[1;33m", "\x1b[0m")
+# Without filters, relevance is ranked among the newest RANK_WINDOW matches: a
+# word found in most of a million records is answered in milliseconds, and in
+# a conversation log the recent matches are the ones wanted.
+RANK_WINDOW = 5000
 
 
 @dataclass
@@ -47,6 +51,10 @@ def search(db: sqlite3.Connection, query: str, filters: Filters, limit: int = 20
            highlight: tuple[str, str] = ("", "")) -> list[dict[str, Any]]:
     """Hits ranked by relevance (bm25), newest first among equals, each with a snippet."""
     where, args = filters.where()
+    if not args:
+        where = (" AND fts.rowid >= (SELECT min(rowid) FROM "
+                 "(SELECT rowid FROM fts WHERE fts MATCH ? ORDER BY rowid DESC LIMIT ?))")
+        args = [query, RANK_WINDOW]
     sql = (
         "SELECT r.seq, r.segment, r.offset, snippet(fts, -1, ?, ?, '…', 12) AS snippet, bm25(fts) AS rank "
         "FROM fts JOIN records r ON r.seq = fts.rowid "
