@@ -56,6 +56,7 @@ class Recorder:
         self.outage = Outage()
         self.spool = Spool(cfg.storage.backlog_bytes)
         self.seq = 0
+        self.committed_seq = 0  # every record up to this seq has been fsynced (or handed to the OS)
         self.pending = 0  # records appended since the last commit
         self.pending_since = 0.0
         self.started = time.time()
@@ -151,18 +152,20 @@ class Recorder:
     def record_batch(self, batch: list[list[bytes]]) -> None:
         """Enrich and encode each message, then append the whole batch at once."""
         received_ns = time.time_ns()
-        lines = []
-        for frames in batch:
-            if self.spool.full:
+        if self.spool.full:  # the disk refused and memory is used up: count, never block
+            for _ in batch:
                 self.spool.drop(received_ns)
-                continue
-            msg = Message.from_frames(frames, received_ns)
-            meta = self.enrich(msg)
+            return
+        lines = []
+        enrich, parse, encode_line = self.enrich, Message.from_frames, self._encode
+        for frames in batch:
+            msg = parse(frames, received_ns)
+            meta = enrich(msg)
             if "sender_seq" in meta:
                 gap = self.senders.observe(meta.get("sender"), meta["sender_seq"])
                 if gap:
                     lines.append(self._gap_line(gap, received_ns))
-            lines.append(self._encode(msg, meta))
+            lines.append(encode_line(msg, meta))
         self.append(lines)
 
     def _encode(self, msg: Message, meta: dict[str, Any]) -> bytes:
@@ -208,6 +211,7 @@ class Recorder:
     def commit(self) -> None:
         self.writer.commit()
         self.pending = 0
+        self.committed_seq = self.seq - len(self.spool.lines)  # spooled lines are the newest
 
     def commit_if_due(self) -> None:
         due = self.pending_since + self.cfg.daemon.commit_interval_ms / 1000
@@ -375,6 +379,7 @@ class Recorder:
             "started_at": iso_utc(int(self.started * 1e9)),
             "uptime_s": round(time.time() - self.started, 3),
             "last_seq": self.seq,
+            "committed_seq": self.committed_seq,
             "recorded": self.recorded,
             "rate": round(rate, 1),
             "gaps": self.gaps,

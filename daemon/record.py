@@ -134,7 +134,7 @@ def encode(msg: Message, seq: int, meta: dict[str, Any]) -> bytes:
     if msg.value is not NOT_JSON:
         if b"\n" not in payload and b"\r" not in payload:
             # Verbatim: the publisher's own JSON text, last in the line.
-            return orjson.dumps(rec)[:-1] + b',"payload":' + payload + b"}\n"
+            return b"".join((orjson.dumps(rec)[:-1], b',"payload":', payload, b"}\n"))
         rec["payload"] = msg.value
         rec["payload_text"] = payload.decode("utf-8")
     else:
