@@ -65,3 +65,21 @@ def publish(ctx, broker):
     yield make
     for p in pubs:
         p.close()
+
+
+@pytest.fixture
+def recorder(start_daemon, publish, workdir):
+    """``recorder(config_text=None, *flags)``: a daemon, and a publisher it already hears."""
+
+    def make(config: str | None = None, *args: str, **kwargs):
+        extra = []
+        if config is not None:
+            path = workdir / "persist.toml"
+            path.write_text(config)
+            extra = ["--config", str(path)]
+        daemon = start_daemon(*extra, *args, **kwargs)
+        p = publish()
+        p.join(daemon)
+        return daemon, p
+
+    return make

@@ -25,11 +25,9 @@ def manifests(log_dir):
 
 
 @pytest.fixture
-def recorded(start_daemon, publish):
+def recorded(recorder):
     """A daemon checkpointing every second, with 30 messages in three bursts."""
-    daemon = start_daemon("--checkpoint-interval", "1")
-    p = publish()
-    p.join(daemon)
+    daemon, p = recorder(None, "--checkpoint-interval", "1")
     for burst in range(3):
         for i in range(10):
             p.send(b"agent.chat", b'{"sender":"a%d","text":"burst %d msg %d"}' % (burst, burst, i))
@@ -97,12 +95,8 @@ def test_verify_catches_an_edited_byte_and_an_edited_manifest(recorded):
     assert result.returncode == 1 and "manifest was edited" in result.stdout
 
 
-def test_verify_catches_an_edit_in_a_closed_segment(start_daemon, publish, workdir):
-    cfg = workdir / "persist.toml"
-    cfg.write_text("[storage]\nrotate_bytes = 3000\n")
-    daemon = start_daemon("--config", str(cfg))
-    p = publish()
-    p.join(daemon)
+def test_verify_catches_an_edit_in_a_closed_segment(recorder):
+    daemon, p = recorder("[storage]\nrotate_bytes = 3000\n")
     for i in range(40):
         p.send(b"r", b'{"text":"%s %d"}' % (b"z" * 100, i))
     daemon.wait_records(40)

@@ -20,11 +20,9 @@ from procs import BIN, run
 
 
 @pytest.fixture
-def chat(start_daemon, publish):
+def chat(recorder):
     """A running daemon with a short conversation recorded."""
-    daemon = start_daemon()
-    p = publish()
-    p.join(daemon)
+    daemon, p = recorder()
     for i, (who, topic) in enumerate([("claude", b"agent.chat"), ("gemini", b"agent.chat"), ("planner", b"plan")] * 4):
         p.send(topic, b'{"sender":"%s","text":"line %d from %s"}' % (who.encode(), i, who.encode()))
     daemon.wait_records(12)

@@ -54,10 +54,8 @@ def test_records_every_kind_of_message_exactly_once_byte_for_byte(start_daemon, 
     assert daemon.stop() == 0
 
 
-def test_enrichment_from_the_payload(start_daemon, publish):
-    daemon = start_daemon()
-    p = publish()
-    p.join(daemon)
+def test_enrichment_from_the_payload(recorder):
+    daemon, p = recorder()
     p.send(b"agent.chat", MIXED[0][1])
     (entry,) = daemon.wait_records(1)
     meta = entry.rec["meta"]
@@ -66,10 +64,8 @@ def test_enrichment_from_the_payload(start_daemon, publish):
     daemon.stop()
 
 
-def test_sigterm_drains_everything_queued_within_five_seconds(start_daemon, publish):
-    daemon = start_daemon()
-    p = publish()
-    p.join(daemon)
+def test_sigterm_drains_everything_queued_within_five_seconds(recorder):
+    daemon, p = recorder()
     n = 30_000
     for i in range(n):
         p.send(b"burst", b'{"i":%d,"pad":"%s"}' % (i, b"x" * 300))
@@ -83,10 +79,8 @@ def test_sigterm_drains_everything_queued_within_five_seconds(start_daemon, publ
     assert not daemon.log.pid_file.exists() and not (daemon.log_dir / "daemon.sock").exists()
 
 
-def test_kill_9_then_torn_line_then_restart_loses_nothing(start_daemon, publish):
-    daemon = start_daemon()
-    p = publish()
-    p.join(daemon)
+def test_kill_9_then_torn_line_then_restart_loses_nothing(recorder):
+    daemon, p = recorder()
     for i in range(500):
         p.send(b"before", b'{"i":%d}' % i)
     daemon.wait_records(500)
@@ -140,10 +134,8 @@ def test_logs_are_json_lines_when_not_on_a_tty(start_daemon):
     assert "recording" in events and "stopped" in events
 
 
-def test_broker_restart_is_recorded_as_a_gap_and_recording_resumes(start_daemon, publish, broker):
-    daemon = start_daemon()
-    p = publish()
-    p.join(daemon)
+def test_broker_restart_is_recorded_as_a_gap_and_recording_resumes(recorder, broker):
+    daemon, p = recorder()
     broker.restart()
     wait_for(lambda: any(e.rec["topic"] == "$persist/gap" for e in daemon.records()), what="gap record")
     gap = next(e for e in daemon.records() if e.rec["topic"] == "$persist/gap").rec["payload"]
@@ -152,10 +144,8 @@ def test_broker_restart_is_recorded_as_a_gap_and_recording_resumes(start_daemon,
     daemon.stop()
 
 
-def test_missing_sender_sequence_numbers_become_a_gap_record(start_daemon, publish):
-    daemon = start_daemon()
-    p = publish()
-    p.join(daemon)
+def test_missing_sender_sequence_numbers_become_a_gap_record(recorder):
+    daemon, p = recorder()
     for n in (1, 2, 3, 7, 8):
         p.send(b"agent.chat", b'{"sender":"planner","sender_seq":%d}' % n)
     daemon.wait_records(5)
@@ -165,12 +155,8 @@ def test_missing_sender_sequence_numbers_become_a_gap_record(start_daemon, publi
     daemon.stop()
 
 
-def test_rotation_by_size_keeps_seq_continuous(start_daemon, publish, workdir):
-    cfg = workdir / "persist.toml"
-    cfg.write_text("[storage]\nrotate_bytes = 20000\n")
-    daemon = start_daemon("--config", str(cfg))
-    p = publish()
-    p.join(daemon)
+def test_rotation_by_size_keeps_seq_continuous(recorder):
+    daemon, p = recorder("[storage]\nrotate_bytes = 20000\n")
     for batch in range(5):
         for i in range(100):
             p.send(b"r", b'{"batch":%d,"i":%d}' % (batch, i))
@@ -182,16 +168,12 @@ def test_rotation_by_size_keeps_seq_continuous(start_daemon, publish, workdir):
     assert seqs == list(range(1, len(seqs) + 1))
 
 
-def test_sighup_reloads_subscriptions(start_daemon, publish, workdir):
-    cfg = workdir / "persist.toml"
-    cfg.write_text('[daemon]\nsubscribe = ["keep", "warmup"]\n')
-    daemon = start_daemon("--config", str(cfg))
-    p = publish()
-    p.join(daemon)
+def test_sighup_reloads_subscriptions(recorder, workdir):
+    daemon, p = recorder('[daemon]\nsubscribe = ["keep", "warmup"]\n')
     p.send(b"keep.a", b"{}")
     p.send(b"skip.a", b"{}")
     daemon.wait_records(1)
-    cfg.write_text('[daemon]\nsubscribe = ["skip", "warmup"]\n')
+    (workdir / "persist.toml").write_text('[daemon]\nsubscribe = ["skip", "warmup"]\n')
     daemon.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: daemon.status()["subscribe"] == ["skip", "warmup"], what="reload")
     p.join(daemon)

@@ -42,12 +42,8 @@ def fill(path):
             pass
 
 
-def test_disk_full_spools_drops_with_a_gap_and_resumes_by_itself(small_fs, workdir, start_daemon, publish):
-    cfg = workdir / "persist.toml"
-    cfg.write_text("[storage]\nbacklog_bytes = 100000\n")
-    daemon = start_daemon("--config", str(cfg), log_dir=small_fs / "logs")
-    p = publish()
-    p.join(daemon)
+def test_disk_full_spools_drops_with_a_gap_and_resumes_by_itself(recorder, small_fs):
+    daemon, p = recorder("[storage]\nbacklog_bytes = 100000\n", log_dir=small_fs / "logs")
     filler = small_fs / "filler"
     fill(filler)
 

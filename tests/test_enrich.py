@@ -74,10 +74,8 @@ def install_plugin(workdir, *names: str) -> dict:
     return {"PYTHONPATH": str(site)}
 
 
-def record_one(start_daemon, publish, env) -> dict:
-    daemon = start_daemon(env=env)
-    p = publish()
-    p.join(daemon)
+def record_one(recorder, env) -> dict:
+    daemon, p = recorder(None, env=env)
     p.send(b"agent.chat", b'{"sender":"x"}')
     (entry,) = daemon.wait_records(1)
     assert entry.frames() == [b"agent.chat", b'{"sender":"x"}'], "the record is kept, exactly"
@@ -85,12 +83,12 @@ def record_one(start_daemon, publish, env) -> dict:
     return entry.rec["meta"]
 
 
-def test_plugin_results_land_in_meta(workdir, start_daemon, publish):
-    meta = record_one(start_daemon, publish, install_plugin(workdir, "shout", "boom"))
+def test_plugin_results_land_in_meta(workdir, recorder):
+    meta = record_one(recorder, install_plugin(workdir, "shout", "boom"))
     assert meta["shout"] == "AGENT.CHAT" and meta["sender"] == "x"
     assert "plugin exploded" in meta["enrich_error"][0]
 
 
-def test_a_plugin_returning_non_json_never_costs_a_record(workdir, start_daemon, publish):
-    meta = record_one(start_daemon, publish, install_plugin(workdir, "shout", "unserialisable"))
+def test_a_plugin_returning_non_json_never_costs_a_record(workdir, recorder):
+    meta = record_one(recorder, install_plugin(workdir, "shout", "unserialisable"))
     assert "not serialisable" in meta["enrich_error"][0]

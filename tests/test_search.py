@@ -28,10 +28,8 @@ def hits(log_dir, *args):
 
 
 @pytest.fixture
-def talk(start_daemon, publish):
-    daemon = start_daemon()
-    p = publish()
-    p.join(daemon)
+def talk(recorder):
+    daemon, p = recorder()
     msgs = [
         (b"agent.chat", {"sender": "claude", "recipient": "gemini", "thread_id": "fix-42", "kind": "request",
                          "text": "Please review the retry loop in flush(); it spins when the socket closes"}),
@@ -139,10 +137,8 @@ def test_index_rebuild_while_the_daemon_records(talk):
     assert len(hits(daemon.log_dir, "backoff")) == 2
 
 
-def test_indexer_killed_mid_way_resumes_without_duplicates(start_daemon, publish):
-    daemon = start_daemon()
-    p = publish()
-    p.join(daemon)
+def test_indexer_killed_mid_way_resumes_without_duplicates(recorder):
+    daemon, p = recorder()
     n = 20_000
     for i in range(n):
         p.send(b"bulk", b'{"text":"bulk message number %d"}' % i)

@@ -16,10 +16,8 @@ def whole_lines(data: bytes) -> bytes:
     return data[: data.rfind(b"\n") + 1]
 
 
-def test_kill_9_rounds_under_load(start_daemon, publish, rng, log_dir):
-    daemon = start_daemon()
-    p = publish()
-    p.join(daemon)
+def test_kill_9_rounds_under_load(recorder, rng, log_dir):
+    daemon, p = recorder()
     with Load(p):
         for _ in range(ROUNDS):
             time.sleep(rng.uniform(0.05, 0.6))
@@ -38,10 +36,8 @@ def test_kill_9_rounds_under_load(start_daemon, publish, rng, log_dir):
     assert run("persist-cli", "verify", "--log-dir", str(log_dir)).returncode == 0
 
 
-def test_broker_killed_and_restarted_under_load(start_daemon, publish, broker):
-    daemon = start_daemon()
-    p = publish()
-    p.join(daemon)
+def test_broker_killed_and_restarted_under_load(recorder, broker):
+    daemon, p = recorder()
     with Load(p):
         for _ in range(3):
             time.sleep(0.5)
@@ -55,12 +51,8 @@ def test_broker_killed_and_restarted_under_load(start_daemon, publish, broker):
     assert daemon.stop() == 0
 
 
-def test_rotation_and_checkpoints_under_load_while_readers_read(start_daemon, publish, workdir, log_dir):
-    cfg = workdir / "persist.toml"
-    cfg.write_text("[storage]\nrotate_bytes = 200000\n")
-    daemon = start_daemon("--config", str(cfg), "--checkpoint-interval", "1")
-    p = publish()
-    p.join(daemon)
+def test_rotation_and_checkpoints_under_load_while_readers_read(recorder, log_dir):
+    daemon, p = recorder("[storage]\nrotate_bytes = 200000\n", "--checkpoint-interval", "1")
     follow = subprocess.Popen([BIN / "persist-cli", "recent", "-n", "0", "--follow", "--json", "--log-dir",
                                str(log_dir)], stdout=subprocess.PIPE)
     exports, searches = 0, 0
@@ -86,12 +78,8 @@ def test_rotation_and_checkpoints_under_load_while_readers_read(start_daemon, pu
     assert exports > 3 and searches > 3
 
 
-def test_kill_9_during_rotation_and_checkpoints_then_verify(start_daemon, publish, workdir, log_dir, rng):
-    cfg = workdir / "persist.toml"
-    cfg.write_text("[storage]\nrotate_bytes = 50000\n")
-    daemon = start_daemon("--config", str(cfg), "--checkpoint-interval", "1")
-    p = publish()
-    p.join(daemon)
+def test_kill_9_during_rotation_and_checkpoints_then_verify(recorder, log_dir, rng):
+    daemon, p = recorder("[storage]\nrotate_bytes = 50000\n", "--checkpoint-interval", "1")
     with Load(p):
         for _ in range(ROUNDS):
             time.sleep(rng.uniform(0.8, 1.6))  # straddles the once-a-second rotation and checkpoint
