@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from watchdog.events import FileSystemEventHandler
-from watchdog.observers import Observer
 
 from persist.daemon.fsutil import ensure_dir, write_atomically
 from persist.daemon.record import iso_utc
 from persist.daemon.store import LogDir
+from persist.daemon.watch import watch
 
 
 def agents_dir(log: LogDir) -> Path:
@@ -56,14 +55,6 @@ class Change:
     info: dict[str, Any]
 
 
-class _Wake(FileSystemEventHandler):
-    def __init__(self, flag: threading.Event) -> None:
-        self.flag = flag
-
-    def on_any_event(self, event) -> None:
-        self.flag.set()
-
-
 class Presence:
     """What agents are registered, as the daemon sees it."""
 
@@ -72,9 +63,7 @@ class Presence:
         self.known: dict[str, dict[str, Any]] = {}
         self.changed = threading.Event()
         self.changed.set()  # the first poll reads what is already there
-        self.observer = Observer()
-        self.observer.schedule(_Wake(self.changed), str(self.dir), recursive=False)
-        self.observer.start()
+        self.observer = watch(str(self.dir), lambda _event: self.changed.set())
 
     def poll(self, check_pids: bool) -> list[Change]:
         """Joins and leaves since the last call (``check_pids``: also notice dead agents)."""

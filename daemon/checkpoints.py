@@ -32,7 +32,6 @@ from persist.daemon.fsutil import ensure_dir, fsync_dir, write_atomically
 from persist.daemon.record import iso_utc
 from persist.daemon.store import LogDir, last_newline, segment_name
 
-REASONS = ("timer", "manual", "signal", "shutdown")
 READ = 4 << 20
 
 

@@ -16,19 +16,10 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 import orjson
-from watchdog.events import FileSystemEventHandler
-from watchdog.observers import Observer
 
 from persist.daemon.reader import Entry
 from persist.daemon.store import LogDir
-
-
-class _Wake(FileSystemEventHandler):
-    def __init__(self, q: queue.Queue) -> None:
-        self.q = q
-
-    def on_any_event(self, event) -> None:
-        self.q.put(None)
+from persist.daemon.watch import watch
 
 
 def _inode(path) -> int | None:
@@ -41,9 +32,7 @@ def _inode(path) -> int | None:
 def follow(log: LogDir, after_seq: int, poll: float = 1.0) -> Iterator[Entry]:
     """Every record with ``seq > after_seq`` written from now on; runs until the caller stops."""
     wake: queue.Queue = queue.Queue()
-    observer = Observer()
-    observer.schedule(_Wake(wake), str(log.root), recursive=False)
-    observer.start()
+    observer = watch(str(log.root), lambda _event: wake.put(None))
     f: BinaryIO | None = None
     pending = b""
     try:

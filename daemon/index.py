@@ -141,20 +141,6 @@ def pending(log: LogDir, db: sqlite3.Connection) -> Iterator[tuple[dict[str, Any
                 yield rec, name, off + len(line)
 
 
-def catch_up(log: LogDir, db: sqlite3.Connection, batch_size: int = 2000) -> int:
-    """Index everything not yet indexed; returns how many records were added."""
-    batch: list = []
-    n = 0
-    for item in pending(log, db):
-        batch.append(item)
-        if len(batch) >= batch_size:
-            add(db, batch)
-            n += len(batch)
-            batch = []
-    add(db, batch)
-    return n + len(batch)
-
-
 def line_at(log: LogDir, segment: str, end_offset: int, cache: dict[str, Path]) -> bytes:
     """The exact record line ending at ``end_offset`` of segment ``segment``."""
     if segment not in cache:

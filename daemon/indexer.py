@@ -21,24 +21,14 @@ from pathlib import Path
 
 import click
 import structlog
-from watchdog.events import FileSystemEventHandler
-from watchdog.observers import Observer
 
 from persist.daemon import index, logs
 from persist.daemon.store import LogDir
+from persist.daemon.watch import watch
 
 COMMIT_EVERY = 0.25
 BATCH = 2000
 log = structlog.get_logger("persist.indexer")
-
-
-class _Wake(FileSystemEventHandler):
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def on_any_event(self, event) -> None:
-        if "metadata_index" not in event.src_path:
-            self.event.set()
 
 
 def run(log_dir: LogDir, stop: threading.Event) -> None:
@@ -47,9 +37,12 @@ def run(log_dir: LogDir, stop: threading.Event) -> None:
     db = index.connect(path)
     inode = os.stat(path).st_ino
     wake = threading.Event()
-    observer = Observer()
-    observer.schedule(_Wake(wake), str(log_dir.root), recursive=True)
-    observer.start()
+
+    def on_change(event) -> None:
+        if "metadata_index" not in event.src_path:  # our own writes are not news
+            wake.set()
+
+    observer = watch(str(log_dir.root), on_change, recursive=True)
     try:
         while not stop.is_set():
             if os.stat(path).st_ino != inode:  # `persist-cli index rebuild` replaced the file

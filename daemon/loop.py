@@ -35,7 +35,6 @@ from persist.daemon.store import DiskFull, LogDir, SegmentWriter, repair_tail
 
 BATCH = 1000  # messages taken from the socket per turn of the loop
 DRAIN_SECONDS = 3.0  # at shutdown, how long queued messages may still be drained
-SPOOL_RETRY_SECONDS = 1.0
 log = structlog.get_logger("persist.daemon")
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from persist.daemon.fsutil import FILE_MODE, ensure_dir, fsync_dir, write_atomically
+from persist.daemon.fsutil import DIR_MODE, FILE_MODE, ensure_dir, fsync_dir, write_atomically
 
 ACTIVE = "current_session.jsonl"
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -73,9 +73,11 @@ class LogDir:
         return f"ipc://{self.root / 'daemon.sock'}"
 
     def create(self) -> None:
-        """Make the directory tree, mode 0700."""
+        """Make the directory tree, mode 0700 (tightening it if it came looser, as from a git clone)."""
         for d in (self.root, self.segments, self.recovery, self.checkpoints):
             ensure_dir(d)
+            if d.stat().st_mode & 0o077:
+                os.chmod(d, DIR_MODE)
 
     def segment_files(self) -> list[Path]:
         """Closed segments, oldest first, then the active one if it exists."""
