@@ -10,6 +10,7 @@ is the same code path as the end of a normal batch.
 from __future__ import annotations
 
 import calendar
+import fcntl
 import os
 import signal
 import socket
@@ -248,8 +249,10 @@ class Recorder:
             closed = self.writer.rotate()
             log.info("rotated", segment=str(closed))
 
-    def note_agents(self) -> None:
+    def note_agents(self, rescan: bool = False) -> None:
         """Record agents joining and leaving; a launched daemon stops when the last has gone."""
+        if rescan:
+            self.presence.changed.set()
         for change in self.presence.poll(check_pids=True):
             log.info("agent_" + change.event, agent=change.info.get("agent"), pid=change.info.get("pid"))
             self.record_system("agent", {"event": change.event, **change.info})
@@ -259,9 +262,29 @@ class Recorder:
             self.idle_since = None
         elif self.idle_since is None:
             self.idle_since = time.monotonic()
-        elif time.monotonic() - self.idle_since >= self.cfg.launcher.grace_s:
-            log.info("stopping", reason="no agents left", grace_s=self.cfg.launcher.grace_s)
-            self.stop_requested = True
+        elif time.monotonic() - self.idle_since >= self.cfg.launcher.grace_s and not rescan:
+            self.stop_if_still_alone()
+
+    def stop_if_still_alone(self) -> None:
+        """Stop, unless an agent is registering right now.
+
+        Holding ``launcher.lock`` from this last look until exit means a launcher
+        either registered before it (and is seen) or waits until this daemon is
+        gone and starts a new one: no agent is ever handed a daemon that is leaving.
+        """
+        fd = os.open(self.log.root / "launcher.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # a launcher is at work: look again next second
+            return
+        self.note_agents(rescan=True)
+        if self.presence.known:
+            os.close(fd)
+            return
+        self.launcher_lock_fd = fd  # held until the process exits
+        log.info("stopping", reason="no agents left", grace_s=self.cfg.launcher.grace_s)
+        self.stop_requested = True
 
     def status_line(self) -> str:
         rate = self.status()["rate"]
