@@ -216,3 +216,14 @@ def test_several_publishers_in_parallel_lose_nothing(start_daemon, publish):
     wait_for(lambda: sum(e.rec["topic"] == "par" for e in daemon.records()) == 8000, what="8000 records")
     assert not any(e.rec["topic"] == "$persist/gap" for e in daemon.records())
     daemon.stop()
+
+
+def test_rotation_by_age(recorder):
+    daemon, p = recorder("[storage]\nrotate_age_s = 1\n")
+    for i in range(3):
+        p.send(b"aged", b'{"i":%d}' % i)
+        time.sleep(1.3)
+    daemon.wait_records(3)
+    daemon.stop()
+    assert len(list(daemon.log.segments.iterdir())) >= 2, "segments older than rotate_age_s are closed"
+    assert [e.seq for e in daemon.records()] == list(range(1, len(daemon.records()) + 1))
