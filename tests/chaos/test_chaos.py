@@ -88,6 +88,8 @@ def test_rotation_and_checkpoints_under_load_while_readers_read(recorder, log_di
             result = run("persist-cli", "search", "load", "--json", "--limit", "5", "--log-dir", str(log_dir))
             assert result.returncode in (0, 1), result.stderr  # 1: the index may not exist yet
             searches += 1
+    wait_for(lambda: sum(e.rec["topic"] == "load" for e in daemon.records()) >= load.sent, timeout=30,
+             interval=0.3, what="the last messages in flight to arrive")  # in flight is not lost by us
     daemon.stop()
     follow.terminate()
     followed = [orjson.loads(line) for line in follow.stdout.read().splitlines()]
