@@ -19,6 +19,7 @@ import click
 from persist.cli.checkpoints import conversation_upto, restore_cmd
 from persist.cli.common import ago, require_log, with_log_dir
 from persist.cli.read import recent
+from persist.cli.search import search_cmd
 from persist.cli.status import status
 from persist.daemon import checkpoints, render
 
@@ -124,7 +125,7 @@ def pause(keys: Keys) -> None:
 @with_log_dir
 @click.pass_context
 def menu(ctx, cfg, log) -> None:
-    """Pick a checkpoint to restore or print, browse recent records, see status."""
+    """Pick a checkpoint to restore or print, browse recent records, see status, search."""
     require_log(log)
     with Keys() as keys:
         _loop(ctx, keys, cfg, log)
@@ -133,10 +134,10 @@ def menu(ctx, cfg, log) -> None:
 def _loop(ctx, keys: Keys, cfg, log) -> None:
     common = {"log_dir": str(log.root), "config_path": cfg.source}
     actions = ["Restore a checkpoint (what came after is archived)", "Print a checkpoint's conversation",
-               "Recent records", "Status", "Quit"]
+               "Recent records", "Status", "Search", "Quit"]
     while True:
         choice = choose(keys, f"persist · {log.root}", actions)
-        if choice is None or choice == 4:
+        if choice is None or choice == len(actions) - 1:
             return
         if choice == 0 and (m := pick_checkpoint(keys, log, "Restore which checkpoint?")):
             with keys.cooked():
@@ -153,6 +154,12 @@ def _loop(ctx, keys: Keys, cfg, log) -> None:
             _run(ctx, recent, count=20, topic=None, sender=None, follow_=False, system=True, as_json=False, **common)
         elif choice == 3:
             _run(ctx, status, as_json=False, **common)
+        elif choice == 4:
+            with keys.cooked():
+                query = click.prompt("Search for (words, \"a phrase\", prefix*)", default="", show_default=False)
+            if query.strip():
+                _run(ctx, search_cmd, query=query, sender=None, topic=None, thread_id=None, kind=None, since=None,
+                     until=None, limit=20, as_json=False, **common)
         pause(keys)
 
 

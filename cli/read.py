@@ -12,7 +12,7 @@ import click
 from persist.cli.common import (
     Failure, UsageError, json_lines, json_option, matches, one_line, parse_when, require_log, style, with_log_dir,
 )
-from persist.daemon import lock, reader, render
+from persist.daemon import index, lock, reader, render
 from persist.daemon.store import repair_tail
 from persist.daemon.verify import verify
 
@@ -122,7 +122,7 @@ def verify_cmd(cfg, log) -> None:
 @click.command()
 @with_log_dir
 def recover(cfg, log) -> None:
-    """Repair what a crash left (what the daemon does at start), by hand."""
+    """Repair what a crash left and bring the search index up to date (what the daemon does at start)."""
     require_log(log)
     if lock.is_locked(log):
         raise Failure(f"a daemon (pid {lock.holder_pid(log)}) is recording into {log.root}; "
@@ -130,9 +130,13 @@ def recover(cfg, log) -> None:
     fd = lock.acquire(log)
     try:
         repaired = repair_tail(log.active, log.recovery)
+        db = index.connect(index.index_path(log))
+        indexed = index.catch_up(log, db)
+        db.close()
     finally:
         os.close(fd)
     if repaired is None:
         click.echo(f"nothing to repair in {log.active}")
     else:
         click.echo(f"repaired {log.active}: {repaired.bytes} torn byte(s) moved to {repaired.quarantined}")
+    click.echo(f"search index: {indexed} record(s) added")

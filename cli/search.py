@@ -122,25 +122,13 @@ def rebuild(cfg, log) -> None:
         for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             p.unlink(missing_ok=True)
         db = index.connect(path)
-        sizes = dict((name, p.stat().st_size) for name, p in index.stable_segments(log))
-        done_before = {}
-        total = 0
-        for name, size in sizes.items():
-            done_before[name] = total
-            total += size
+        starts, total = {}, 0  # where each segment begins in the whole log, for the progress bar
+        for name, seg_path in index.stable_segments(log):
+            starts[name] = total
+            total += seg_path.stat().st_size
         quiet = None if sys.stderr.isatty() else open(os.devnull, "w")
-        count = 0
         with click.progressbar(length=total, label="indexing", file=quiet) as bar:
-            batch = []
-            for item in index.pending(log, db):
-                batch.append(item)
-                if len(batch) >= 5000:
-                    index.add(db, batch)
-                    count += len(batch)
-                    batch = []
-                    bar.update(done_before.get(item[1], 0) + item[2] - bar.pos)
-            index.add(db, batch)
-            count += len(batch)
+            count = index.catch_up(log, db, lambda seg, off: bar.update(starts.get(seg, 0) + off - bar.pos))
             bar.update(total - bar.pos)
         db.close()
     finally:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,26 @@ def pending(log: LogDir, db: sqlite3.Connection) -> Iterator[tuple[dict[str, Any
                 continue
             if isinstance(rec, dict) and rec.get("seq", 0) > last_seq:
                 yield rec, name, off + len(line)
+
+
+def catch_up(log: LogDir, db: sqlite3.Connection, progress: Callable[[str, int], None] | None = None,
+             batch_size: int = 5000) -> int:
+    """Index everything written since the index's resume point; returns how many records were added.
+
+    ``progress(segment, offset)`` is called after each committed batch.
+    """
+    batch: list = []
+    count = 0
+    for item in pending(log, db):
+        batch.append(item)
+        if len(batch) >= batch_size:
+            add(db, batch)
+            count += len(batch)
+            batch = []
+            if progress:
+                progress(item[1], item[2])
+    add(db, batch)
+    return count + len(batch)
 
 
 def line_at(log: LogDir, segment: str, end_offset: int, cache: dict[str, Path]) -> bytes:

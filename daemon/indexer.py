@@ -10,6 +10,7 @@ from its last committed position. One indexer per log dir (an flock).
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import signal
@@ -27,6 +28,7 @@ from persist.daemon.store import LogDir
 from persist.daemon.watch import watch
 
 COMMIT_EVERY = 0.25
+PR_SET_PDEATHSIG = 1
 BATCH = 2000
 log = structlog.get_logger("persist.indexer")
 
@@ -82,7 +84,8 @@ class IndexerProcess:
         out = open(index.index_dir(self.log_dir) / "indexer.log", "ab")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "persist.daemon.indexer", "--log-dir", str(self.log_dir.root)],
+                [sys.executable, "-m", "persist.daemon.indexer", "--log-dir", str(self.log_dir.root),
+                 "--parent", str(os.getpid())],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, close_fds=True)
         finally:
             out.close()
@@ -114,6 +117,16 @@ class IndexerProcess:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
 
+def die_with_parent(parent: int) -> None:
+    """Linux: get SIGTERM when the daemon dies, even by kill -9, so no indexer is orphaned."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # it died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def idle_priority() -> None:
     """Recording comes first: the indexer only gets CPU time nothing else wants (SCHED_IDLE),
     so on a busy machine the index catches up after a burst instead of slowing it."""
@@ -125,7 +138,8 @@ def idle_priority() -> None:
 
 @click.command()
 @click.option("--log-dir", required=True)
-def main(log_dir: str) -> None:
+@click.option("--parent", type=int, help="The daemon's pid: stop when it is gone.")
+def main(log_dir: str, parent: int | None) -> None:
     logs.setup("json", "info")
     log_dir_ = LogDir(Path(log_dir).resolve())
     index.index_dir(log_dir_).mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -140,6 +154,8 @@ def main(log_dir: str) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if parent:
+        die_with_parent(parent)
     idle_priority()
     log.info("indexing", log_dir=log_dir)
     run(log_dir_, stop)

@@ -166,6 +166,12 @@ def test_menu_through_a_pseudo_terminal(chat):
         read_until(fd, "press any key")
         os.write(fd, b" ")
         read_until(fd, "Quit")
+        os.write(fd, b"5")  # Search
+        read_until(fd, "Search for")
+        os.write(fd, b"line\r")
+        assert "from planner" in read_until(fd, "press any key")
+        os.write(fd, b" ")
+        read_until(fd, "Quit")
         os.write(fd, b"\x03")  # Ctrl-C leaves cleanly
         _, code = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(code) == 0

@@ -16,7 +16,7 @@ import pytest
 from persist.daemon import lock, reader
 from persist.daemon.launcher import DaemonStartError, ensure_daemon
 from persist.daemon.store import LogDir
-from procs import BIN, Daemon, run, wait_for
+from procs import BIN, Daemon, process_gone, run, wait_for
 
 AGENT = textwrap.dedent("""
     import sys
@@ -46,15 +46,6 @@ def _records(log_dir):
 
 def agent_records(log_dir):
     return [e.rec["payload"] for e in _records(log_dir) if e.rec["topic"] == "$persist/agent"]
-
-
-def process_gone(pid: int) -> bool:
-    """Exited (a zombie waiting for its new parent to reap it counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def daemon_processes(log_dir) -> list[int]:

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from persist.daemon import index
-from procs import BIN, run, wait_for
+from procs import BIN, process_gone, run, wait_for
 
 
 def cli(log_dir, *args, **kw):
@@ -207,3 +207,10 @@ def test_replay_pacing_and_selection(talk, ctx):
         got.append(sub.recv_multipart())
     assert proc.wait(10) == 0
     assert [f[0] for f in got] == [b"agent.chat", b"agent.review", b"tools.grep", b"agent.chat"]
+
+
+def test_the_indexer_does_not_outlive_a_killed_daemon(recorder):
+    daemon, _ = recorder()
+    pid = wait_for(lambda: daemon.status()["indexer_pid"], what="the indexer")
+    daemon.kill9()
+    wait_for(lambda: process_gone(pid), what="the orphaned indexer to stop")
