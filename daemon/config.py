@@ -144,8 +144,11 @@ def _check(key: str, hint: Any, value: Any, source: str | None) -> Any:
         raise ConfigError(key, f"must be greater than 0, got {value!r}", source)
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(key, f"must be one of {', '.join(CHOICES[key])}, got {value!r}", source)
-    if key in ("daemon.connect", "daemon.bind") and not ENDPOINT.match(value):
-        raise ConfigError(key, f"{value!r} is not a ZeroMQ endpoint such as tcp://127.0.0.1:5555", source)
+    if key in ("daemon.connect", "daemon.bind"):
+        m = ENDPOINT.match(value)
+        port = m.group(3) if m else None
+        if not m or (port not in (None, "*") and not 0 < int(port) < 65536):
+            raise ConfigError(key, f"{value!r} is not a ZeroMQ endpoint such as tcp://127.0.0.1:5555", source)
     return value
 
 

@@ -48,8 +48,9 @@ def test_bad_environment_value_names_the_variable(workdir):
     one_line_error(run("persist-daemon", "--check-config", env={"PERSIST_FSYNC": "never"}), 2, "$PERSIST_FSYNC")
 
 
-def test_endpoint_flag_that_does_not_parse(workdir):
-    one_line_error(run("persist-daemon", "--log-dir", str(workdir / "l"), "--connect", "tcp://nowhere"), 2, "daemon.connect")
+@pytest.mark.parametrize("endpoint", ["tcp://nowhere", "tcp://127.0.0.1:99999", "tcp://127.0.0.1:0", "udp://x:1"])
+def test_endpoint_flag_that_does_not_parse(workdir, endpoint):
+    one_line_error(run("persist-daemon", "--log-dir", str(workdir / "l"), "--connect", endpoint), 2, "daemon.connect")
 
 
 def test_log_dir_that_cannot_be_created_exits_1(workdir):
