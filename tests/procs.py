@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -37,6 +38,19 @@ def process_gone(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def read_until(fd, text: str, timeout: float = 10.0) -> str:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text.encode() not in seen:
+        assert time.monotonic() < deadline, f"never saw {text!r} in {seen.decode(errors='replace')!r}"
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                seen += os.read(fd, 65536)
+            except OSError:  # the program ended
+                raise AssertionError(f"ended before {text!r}: {seen.decode(errors='replace')!r}") from None
+    return seen.decode(errors="replace")
 
 
 def short_tmpdir(prefix: str = "persist-") -> Path:

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from persist.cli.main import cli
-from procs import BIN, run
+from procs import BIN, read_until, run
 
 
 @pytest.fixture
@@ -132,19 +132,6 @@ def test_stats_counts_topics_and_senders(chat):
     data = json.loads(invoke("stats", "--json", "--log-dir", str(daemon.log_dir)).output)
     assert data["topics"]["agent.chat"] == 8 and data["topics"]["plan"] == 4
     assert data["senders"] == {"claude": 4, "gemini": 4, "planner": 4}
-
-
-def read_until(fd, text: str, timeout: float = 10.0) -> str:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while text.encode() not in seen:
-        assert time.monotonic() < deadline, f"never saw {text!r} in {seen.decode(errors='replace')!r}"
-        if select.select([fd], [], [], 0.2)[0]:
-            try:
-                seen += os.read(fd, 65536)
-            except OSError:  # the program ended
-                raise AssertionError(f"ended before {text!r}: {seen.decode(errors='replace')!r}") from None
-    return seen.decode(errors="replace")
 
 
 def test_menu_through_a_pseudo_terminal(chat):

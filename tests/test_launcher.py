@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import shutil
 import signal
 import socket
@@ -16,7 +17,7 @@ import pytest
 from persist.daemon import lock, reader
 from persist.daemon.launcher import DaemonStartError, ensure_daemon
 from persist.daemon.store import LogDir
-from procs import BIN, Daemon, process_gone, run, wait_for
+from procs import BIN, Daemon, process_gone, read_until, run, wait_for
 
 AGENT = textwrap.dedent("""
     import sys
@@ -243,3 +244,24 @@ def test_install_systemd_user_is_idempotent_and_uninstalls_keeping_data(workdir)
     assert check.returncode == 0 and str(config) in check.stdout
     result = subprocess.run(["bash", str(script), "--user", "--uninstall"], env=env, capture_output=True, text=True)
     assert result.returncode == 0 and not unit.exists() and config.exists()
+
+
+def test_persist_launch_menu_hands_the_chosen_checkpoint_to_the_agent(recorder, log_dir):
+    daemon, p = recorder()
+    p.send(b"agent.chat", b'{"sender":"claude","text":"remember the blue door"}')
+    daemon.wait_records(1)
+    assert run("persist-cli", "checkpoints", "create", "--label", "door", "--log-dir", str(log_dir)).returncode == 0
+    agent = "import os; print('CONTEXT:', open(os.environ['PERSIST_RESTORED_CONTEXT']).read())"
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(str(BIN / "persist-launch"), ["persist-launch", "--menu", "--log-dir", str(log_dir), "--name", "m",
+                                                "--", sys.executable, "-c", agent])
+    try:
+        read_until(fd, "Start from which checkpoint")
+        os.write(fd, b"1")
+        assert "claude: remember the blue door" in read_until(fd, "blue door", timeout=15).split("CONTEXT:")[-1]
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(fd)
+    assert daemon.ping(), "a daemon it did not start is left running"
