@@ -94,6 +94,7 @@ class Recorder:
         signal.set_wakeup_fd(wakeup_w.fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(sig, self._note_signal)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit is a full disk (EFBIG), not death
         self.poller = zmq.Poller()
         for s in (self.bus.sock, self.bus.monitor, self.control.sock, self.wakeup_r.fileno()):
             self.poller.register(s, zmq.POLLIN)
