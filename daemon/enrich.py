@@ -35,10 +35,8 @@ KIND_SYNONYMS = {
 log = structlog.get_logger("persist.enrich")
 
 
-def _first(payload: Any, names: list[str]) -> Any:
+def _first(payload: Any, names: tuple[str, ...]) -> Any:
     """The first of ``names`` present in a JSON-object payload (dotted names reach inside)."""
-    if not isinstance(payload, dict):
-        return None
     for name in names:
         value: Any = payload
         for part in name.split("."):
@@ -48,81 +46,28 @@ def _first(payload: Any, names: list[str]) -> Any:
     return None
 
 
-def fields_enricher(fields: dict[str, list[str]]) -> Enricher:
-    """Copy, for each ``meta_key: names``, the first present payload field into meta.
+def kind_of(raw: Any, msg: Message) -> str:
+    """One of KINDS: the payload's own word (or a synonym), else a hint in the topic, else ``other``."""
+    if isinstance(raw, str):
+        word = raw.strip().lower().replace("-", "_")
+        return word if word in KINDS else KIND_SYNONYMS.get(word, "other")
+    topic = msg.topic.lower()
+    for word in KINDS[:-1]:
+        if word in topic:
+            return word
+    if type(msg.value) is dict and "error" in msg.value:
+        return "error"
+    return "other"
 
-    One function for all of them: plain names are a dict lookup each, dotted
-    names reach inside nested objects.
+
+def builtin(cfg: EnrichSection) -> Enricher:
+    """The built-in enrichers (less those in ``enrich.disable``) as one pass over a message.
+
+    Payload fields (``meta_key: names``, the first present wins) are one dict
+    lookup per name; dotted names reach inside nested objects. ``kind`` is read
+    from its fields, then normalised; ``tokens`` is about four bytes a token;
+    ``tags`` are the names of the rules whose keyword or regex matches.
     """
-    plain = [(key, tuple(names)) for key, names in fields.items() if not any("." in n for n in names)]
-    dotted = [(key, names) for key, names in fields.items() if any("." in n for n in names)]
-
-    def payload_fields(msg: Message) -> dict[str, Any] | None:
-        payload = msg.value
-        if type(payload) is not dict:
-            return None
-        found = {}
-        for key, names in plain:
-            for name in names:
-                value = payload.get(name)
-                if value is not None:
-                    found[key] = value
-                    break
-        for key, names in dotted:
-            value = _first(payload, names)
-            if value is not None:
-                found[key] = value
-        return found
-
-    return payload_fields
-
-
-def kind_enricher(names: list[str]) -> Enricher:
-    """``meta.kind``: one of KINDS, from a payload field or from the topic."""
-
-    def kind(msg: Message) -> dict[str, Any]:
-        raw = _first(msg.value, names)
-        if isinstance(raw, str):
-            word = raw.strip().lower().replace("-", "_")
-            return {"kind": word if word in KINDS else KIND_SYNONYMS.get(word, "other")}
-        topic = msg.topic.lower()
-        for word in KINDS[:-1]:
-            if word in topic:
-                return {"kind": word}
-        if isinstance(msg.value, dict) and "error" in msg.value:
-            return {"kind": "error"}
-        return {"kind": "other"}
-
-    return kind
-
-
-def tag_enricher(rules: list[dict]) -> Enricher:
-    """``meta.tags``: names of the configured rules whose keyword or regex matches."""
-    compiled = [
-        (r["name"], [k.lower() for k in r.get("keywords", [])], re.compile(r["regex"]) if r.get("regex") else None)
-        for r in rules
-    ]
-
-    def tags(msg: Message) -> dict[str, Any] | None:
-        text = msg.payload_text()
-        lower = text.lower()
-        found = [
-            name
-            for name, words, regex in compiled
-            if any(w in lower for w in words) or (regex is not None and regex.search(text))
-        ]
-        return {"tags": found} if found else None
-
-    return tags
-
-
-def tokens(msg: Message) -> dict[str, Any]:
-    """``meta.tokens``: a cheap token estimate (about four bytes a token)."""
-    return {"tokens": (len(msg.payload) + 3) // 4}
-
-
-def builtin(cfg: EnrichSection) -> list[Enricher]:
-    """The built-in enrichers, less those named in ``enrich.disable``."""
     fields = {
         "sender": cfg.sender_fields,
         "recipient": cfg.recipient_fields,
@@ -130,15 +75,47 @@ def builtin(cfg: EnrichSection) -> list[Enricher]:
         "parent_id": cfg.parent_fields,
         "tier": cfg.tier_fields,
         "sender_seq": [cfg.sender_seq_field],
+        "kind": cfg.kind_fields,
     }
-    found = [fields_enricher({k: v for k, v in fields.items() if k not in cfg.disable})]
-    if "kind" not in cfg.disable:
-        found.append(kind_enricher(cfg.kind_fields))
-    if "tokens" not in cfg.disable:
-        found.append(tokens)
-    if cfg.tags and "tags" not in cfg.disable:
-        found.append(tag_enricher(cfg.tags))
-    return found
+    wanted = {key: tuple(names) for key, names in fields.items() if key not in cfg.disable}
+    plain = tuple((key, names) for key, names in wanted.items() if not any("." in n for n in names))
+    dotted = tuple((key, names) for key, names in wanted.items() if any("." in n for n in names))
+    with_kind = "kind" in wanted
+    with_tokens = "tokens" not in cfg.disable
+    rules = [] if "tags" in cfg.disable else [
+        (r["name"], [k.lower() for k in r.get("keywords", [])], re.compile(r["regex"]) if r.get("regex") else None)
+        for r in cfg.tags
+    ]
+
+    def builtins(msg: Message) -> dict[str, Any]:
+        meta: dict[str, Any] = {}
+        payload = msg.value
+        if type(payload) is dict:
+            get = payload.get
+            for key, names in plain:
+                for name in names:
+                    value = get(name)
+                    if value is not None:
+                        meta[key] = value
+                        break
+            for key, names in dotted:
+                value = _first(payload, names)
+                if value is not None:
+                    meta[key] = value
+        if with_kind:
+            meta["kind"] = kind_of(meta.get("kind"), msg)
+        if with_tokens:
+            meta["tokens"] = (len(msg.payload) + 3) // 4
+        if rules:
+            text = msg.payload_text()
+            lower = text.lower()
+            tags = [name for name, words, regex in rules
+                    if any(w in lower for w in words) or (regex is not None and regex.search(text))]
+            if tags:
+                meta["tags"] = tags
+        return meta
+
+    return builtins
 
 
 def plugins(disabled: list[str]) -> list[Enricher]:
@@ -155,24 +132,31 @@ def plugins(disabled: list[str]) -> list[Enricher]:
 
 
 class Pipeline:
-    """Runs every enricher on a message and returns the merged ``meta``."""
+    """Runs the built-ins, then each plugin, on a message; returns the merged ``meta``."""
 
-    def __init__(self, enrichers: list[Enricher]) -> None:
-        self.enrichers = enrichers
+    def __init__(self, builtins: Enricher, more: list[Enricher]) -> None:
+        self.builtins = builtins
+        self.more = more
 
     def __call__(self, msg: Message) -> dict[str, Any]:
-        meta: dict[str, Any] = {}
-        for enricher in self.enrichers:
+        try:
+            meta = self.builtins(msg)  # a fresh dict: the others add to it
+        except Exception as exc:
+            meta = {"enrich_error": [_error_note(self.builtins, exc)]}
+        for enricher in self.more:
             try:
                 added = enricher(msg)
                 if added:
                     meta.update(added)
             except Exception as exc:
-                errors = meta.setdefault("enrich_error", [])
-                errors.append(f"{getattr(enricher, '__name__', enricher)}: {exc!r}"[:300])
+                meta.setdefault("enrich_error", []).append(_error_note(enricher, exc))
         return meta
+
+
+def _error_note(enricher: Enricher, exc: Exception) -> str:
+    return f"{getattr(enricher, '__name__', enricher)}: {exc!r}"[:300]
 
 
 def pipeline(cfg: EnrichSection) -> Pipeline:
     """Built-ins then plugins, minus those named in ``enrich.disable``."""
-    return Pipeline(builtin(cfg) + plugins(cfg.disable))
+    return Pipeline(builtin(cfg), plugins(cfg.disable))

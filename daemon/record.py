@@ -30,7 +30,7 @@ import orjson
 VERSION = 1
 SYSTEM_PREFIX = "$persist/"
 NOT_JSON = object()  # Message.value when the payload is not JSON
-_random_bytes = random.Random().randbytes
+_random_bits = random.Random().getrandbits
 
 
 @dataclass(slots=True)
@@ -72,23 +72,28 @@ def frames_sha256(frames: list[bytes]) -> str:
     return h.hexdigest()
 
 
-_id_prefix: tuple[int, str] = (-1, "")
 _ts_cache: tuple[int, str] = (-1, "")
 _ts_last: tuple[int, str] = (-1, "")
+_id_ms, _id_head, _id_next = -1, "", 0
 
 
 def uuid7(unix_ms: int) -> str:
-    """A UUIDv7 string: 48 bits of milliseconds, then 72 random bits (variant nibble 8).
+    """A UUIDv7 string: 48 bits of milliseconds, version 7, variant 8, 72 bits that never repeat.
 
-    Ids need uniqueness, not secrecy: a PRNG seeded from os.urandom, since a
+    RFC 9562 section 6.2, method 2 (monotonic random): the first id of each
+    millisecond takes 72 random bits, later ones in the same millisecond count
+    up from them, so ids are unique and sort in record order. The bits come
+    from a PRNG seeded from os.urandom: ids need uniqueness, not secrecy, and a
     getrandom() call per record was half the daemon's time.
     """
-    global _id_prefix
-    if _id_prefix[0] != unix_ms:
-        h = f"{unix_ms:012x}"
-        _id_prefix = (unix_ms, f"{h[:8]}-{h[8:]}-7")
-    r = _random_bytes(9).hex()
-    return f"{_id_prefix[1]}{r[:3]}-8{r[3:6]}-{r[6:]}"
+    global _id_ms, _id_head, _id_next
+    if unix_ms != _id_ms:
+        h, r = f"{unix_ms:012x}", _random_bits(72)
+        _id_ms, _id_next = unix_ms, r & 0xFFFF_FFFF_FFFF
+        _id_head = f"{h[:8]}-{h[8:]}-7{r >> 60:03x}-8{(r >> 48) & 0xFFF:03x}-"
+    else:
+        _id_next = (_id_next + 1) & 0xFFFF_FFFF_FFFF
+    return f"{_id_head}{_id_next:012x}"
 
 
 def iso_utc(ns: int) -> str:
@@ -107,42 +112,54 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _json_string(text: str) -> str:
+    """``text`` as a JSON string literal; topics repeat, so each is encoded once."""
+    found = _json_strings.get(text)
+    if found is None:
+        if len(_json_strings) >= 10_000:
+            _json_strings.clear()
+        found = _json_strings[text] = orjson.dumps(text).decode()
+    return found
+
+
+_json_strings: dict[str, str] = {}
+
+
 def encode(msg: Message, seq: int, meta: dict[str, Any]) -> bytes:
     """The record line (ending in ``\\n``) for ``msg`` with sequence number ``seq``.
 
     ``meta`` is what enrichment produced; ``bytes`` and ``sha256`` are set here
-    so that no enricher can make a record unverifiable.
+    so that no enricher can make a record unverifiable. The line is put
+    together from its parts: the payload, when it can be, is copied verbatim,
+    never re-serialised.
     """
-    payload = msg.payload
+    payload, frames = msg.payload, msg.frames
     meta["bytes"] = len(payload)
-    meta["sha256"] = frames_sha256(msg.frames)
-    rec: dict[str, Any] = {
-        "v": VERSION,
-        "seq": seq,
-        "id": uuid7(msg.received_ns // 1_000_000),
-        "received_at": iso_utc(msg.received_ns),
-        "topic": msg.topic,
-    }
-    frames = msg.frames
-    if len(frames) == 1:
-        rec["frames"] = 1
-    elif "\\" in msg.topic and msg.topic.encode() != frames[0]:
-        rec["topic_b64"] = _b64(frames[0])
-    if len(frames) > 2:
-        rec["extra_b64"] = [_b64(f) for f in frames[2:]]
-    rec["meta"] = meta
-    if msg.value is not NOT_JSON:
-        if b"\n" not in payload and b"\r" not in payload:
-            # Verbatim: the publisher's own JSON text, last in the line.
-            return b"".join((orjson.dumps(rec)[:-1], b',"payload":', payload, b"}\n"))
-        rec["payload"] = msg.value
-        rec["payload_text"] = payload.decode("utf-8")
+    meta["sha256"] = frames_sha256(frames)
+    head = (f'{{"v":{VERSION},"seq":{seq},"id":"{uuid7(msg.received_ns // 1_000_000)}",'
+            f'"received_at":"{iso_utc(msg.received_ns)}","topic":{_json_string(msg.topic)}')
+    parts = [head.encode()]
+    if len(frames) != 2:
+        parts.append(b',"frames":1' if len(frames) == 1 else
+                     b',"extra_b64":' + orjson.dumps([_b64(f) for f in frames[2:]]))
+    if "\\" in msg.topic and msg.topic.encode() != frames[0]:
+        parts.append(b',"topic_b64":"' + _b64(frames[0]).encode() + b'"')
+    parts += (b',"meta":', orjson.dumps(meta))
+    if msg.value is not NOT_JSON and b"\n" not in payload and b"\r" not in payload:
+        parts += (b',"payload":', payload, b"}\n")  # verbatim: the publisher's own JSON text, last
     else:
-        try:
-            rec["payload_text"] = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            rec["payload_b64"] = _b64(payload)
-    return orjson.dumps(rec) + b"\n"
+        parts += (b",", orjson.dumps(_payload_fields(msg))[1:], b"\n")
+    return b"".join(parts)
+
+
+def _payload_fields(msg: Message) -> dict[str, Any]:
+    """The payload's fields when it cannot be written verbatim (SPEC section 4)."""
+    if msg.value is not NOT_JSON:  # JSON with raw line breaks: the value, and the exact text
+        return {"payload": msg.value, "payload_text": msg.payload.decode("utf-8")}
+    try:
+        return {"payload_text": msg.payload.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"payload_b64": _b64(msg.payload)}
 
 
 def system_message(topic: str, payload: dict[str, Any], received_ns: int | None = None) -> Message:

@@ -45,9 +45,11 @@ def test_an_enricher_that_raises_costs_only_a_note():
     def boom(msg):
         raise RuntimeError("kaput")
 
-    pipe = enrich.Pipeline([boom, enrich.tokens])
+    pipe = enrich.Pipeline(enrich.builtin(EnrichSection()), [boom, lambda msg: {"after": True}])
     meta = pipe(Message.from_frames([b"t", b"{}"], time.time_ns()))
-    assert meta["tokens"] == 1 and "kaput" in meta["enrich_error"][0]
+    assert meta["tokens"] == 1 and meta["after"] and "kaput" in meta["enrich_error"][0]
+    assert enrich.Pipeline(boom, [])(Message.from_frames([b"t", b"{}"], time.time_ns())) == {
+        "enrich_error": ["boom: RuntimeError('kaput')"]}
 
 
 PLUGIN = '''

@@ -84,11 +84,14 @@ def test_enrichers_cannot_spoil_the_checksum():
     assert rec["meta"]["bytes"] == 2 and rec["meta"]["sha256"] == frames_sha256([b"t", b"{}"])
 
 
-def test_uuid7_shape():
+def test_uuid7_shape_unique_and_in_record_order():
     import uuid
 
-    ids = {uuid7(1_700_000_000_000) for _ in range(1000)}
-    assert len(ids) == 1000
+    ordered = [uuid7(1_700_000_000_000) for _ in range(1000)] + [uuid7(1_700_000_000_001)]
+    assert len(set(ordered)) == 1001
+    assert ordered[:1000] == sorted(ordered[:1000]), "ids of one millisecond count up"
+    assert ordered[-1] > ordered[0], "a later millisecond sorts later"
+    ids = set(ordered[:1000])
     for u in map(uuid.UUID, ids):
         assert u.version == 7 and u.variant == uuid.RFC_4122
         assert u.int >> 80 == 1_700_000_000_000
