@@ -128,7 +128,10 @@ def menu(ctx, cfg, log) -> None:
     """Pick a checkpoint to restore or print, browse recent records, see status, search."""
     require_log(log)
     with Keys() as keys:
-        _loop(ctx, keys, cfg, log)
+        try:
+            _loop(ctx, keys, cfg, log)
+        except KeyboardInterrupt:  # Ctrl-C while a screen is still being drawn: leave as cleanly as from a key
+            click.echo()
 
 
 def _loop(ctx, keys: Keys, cfg, log) -> None:

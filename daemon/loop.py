@@ -56,7 +56,6 @@ class Recorder:
         self.outage = Outage()
         self.spool = Spool(cfg.storage.backlog_bytes)
         self.seq = 0
-        self.committed_seq = 0  # every record up to this seq has been fsynced (or handed to the OS)
         self.pending = 0  # records appended since the last commit
         self.pending_since = 0.0
         self.started = time.time()
@@ -206,18 +205,25 @@ class Recorder:
             self.pending_since = time.monotonic()
         self.pending += len(lines)
         self.recorded += len(lines)
-        if self.cfg.daemon.fsync == "always" or self.pending >= self.cfg.daemon.commit_records:
+        if self.cfg.daemon.fsync == "always":
             self.commit()
+        elif self.pending >= self.cfg.daemon.commit_records:
+            self.commit(wait=False)
 
-    def commit(self) -> None:
-        self.writer.commit()
+    def commit(self, wait: bool = True) -> None:
+        """fsync what was appended; ``wait=False`` lets the loop go on while the disk works."""
+        self.writer.commit(self.seq - len(self.spool.lines), wait)  # spooled lines are the newest
         self.pending = 0
-        self.committed_seq = self.seq - len(self.spool.lines)  # spooled lines are the newest
+
+    @property
+    def committed_seq(self) -> int:
+        """Every record up to this seq has been fsynced (or, with ``--fsync off``, handed to the OS)."""
+        return self.writer.durable
 
     def commit_if_due(self) -> None:
         due = self.pending_since + self.cfg.daemon.commit_interval_ms / 1000
         if self.pending and time.monotonic() >= due:
-            self.commit()
+            self.commit(wait=False)
 
     def note_bus_events(self) -> None:
         for what, endpoint in self.bus.events():

@@ -74,7 +74,7 @@ def frames_sha256(frames: list[bytes]) -> str:
 
 _ts_cache: tuple[int, str] = (-1, "")
 _ts_last: tuple[int, str] = (-1, "")
-_id_ms, _id_head, _id_next = -1, "", 0
+_id_ms, _id_head, _id_next = -1, b"", 0
 
 
 def uuid7(unix_ms: int) -> str:
@@ -86,14 +86,18 @@ def uuid7(unix_ms: int) -> str:
     from a PRNG seeded from os.urandom: ids need uniqueness, not secrecy, and a
     getrandom() call per record was half the daemon's time.
     """
+    return _next_id(unix_ms).decode()
+
+
+def _next_id(unix_ms: int) -> bytes:
     global _id_ms, _id_head, _id_next
     if unix_ms != _id_ms:
         h, r = f"{unix_ms:012x}", _random_bits(72)
         _id_ms, _id_next = unix_ms, r & 0xFFFF_FFFF_FFFF
-        _id_head = f"{h[:8]}-{h[8:]}-7{r >> 60:03x}-8{(r >> 48) & 0xFFF:03x}-"
+        _id_head = f"{h[:8]}-{h[8:]}-7{r >> 60:03x}-8{(r >> 48) & 0xFFF:03x}-".encode()
     else:
         _id_next = (_id_next + 1) & 0xFFFF_FFFF_FFFF
-    return f"{_id_head}{_id_next:012x}"
+    return b"%b%012x" % (_id_head, _id_next)
 
 
 def iso_utc(ns: int) -> str:
@@ -112,17 +116,18 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _json_string(text: str) -> str:
+def _json_string(text: str) -> bytes:
     """``text`` as a JSON string literal; topics repeat, so each is encoded once."""
     found = _json_strings.get(text)
     if found is None:
         if len(_json_strings) >= 10_000:
             _json_strings.clear()
-        found = _json_strings[text] = orjson.dumps(text).decode()
+        found = _json_strings[text] = orjson.dumps(text)
     return found
 
 
-_json_strings: dict[str, str] = {}
+_json_strings: dict[str, bytes] = {}
+_LINE = b'{"v":%d,"seq":%d,"id":"%b","received_at":"%b","topic":%b%b,"meta":%b,%b%b\n'
 
 
 def encode(msg: Message, seq: int, meta: dict[str, Any]) -> bytes:
@@ -136,20 +141,17 @@ def encode(msg: Message, seq: int, meta: dict[str, Any]) -> bytes:
     payload, frames = msg.payload, msg.frames
     meta["bytes"] = len(payload)
     meta["sha256"] = frames_sha256(frames)
-    head = (f'{{"v":{VERSION},"seq":{seq},"id":"{uuid7(msg.received_ns // 1_000_000)}",'
-            f'"received_at":"{iso_utc(msg.received_ns)}","topic":{_json_string(msg.topic)}')
-    parts = [head.encode()]
+    framing = b""  # what a message of other than two frames, or with a non-UTF-8 topic, needs
     if len(frames) != 2:
-        parts.append(b',"frames":1' if len(frames) == 1 else
-                     b',"extra_b64":' + orjson.dumps([_b64(f) for f in frames[2:]]))
+        framing = b',"frames":1' if len(frames) == 1 else b',"extra_b64":' + orjson.dumps([_b64(f) for f in frames[2:]])
     if "\\" in msg.topic and msg.topic.encode() != frames[0]:
-        parts.append(b',"topic_b64":"' + _b64(frames[0]).encode() + b'"')
-    parts += (b',"meta":', orjson.dumps(meta))
+        framing += b',"topic_b64":"' + _b64(frames[0]).encode() + b'"'
     if msg.value is not NOT_JSON and b"\n" not in payload and b"\r" not in payload:
-        parts += (b',"payload":', payload, b"}\n")  # verbatim: the publisher's own JSON text, last
+        last, payload = b'"payload":', payload + b"}"  # verbatim: the publisher's own JSON text, last
     else:
-        parts += (b",", orjson.dumps(_payload_fields(msg))[1:], b"\n")
-    return b"".join(parts)
+        last, payload = b"", orjson.dumps(_payload_fields(msg))[1:]
+    return _LINE % (VERSION, seq, _next_id(msg.received_ns // 1_000_000), iso_utc(msg.received_ns).encode(),
+                    _json_string(msg.topic), framing, orjson.dumps(meta), last, payload)
 
 
 def _payload_fields(msg: Message) -> dict[str, Any]:

@@ -5,7 +5,9 @@ the guarantee it gives:
 
 * ``append``  — whole lines reach the active segment, or none of them do
   (a short or failed write is cut back to the last whole record);
-* ``commit``  — fsync: what was appended survives power loss;
+* ``commit``  — fsync: what was appended survives power loss (in the loop's
+  own time, or on a thread of its own so the loop goes on receiving while
+  the disk works: a group commit);
 * ``rotate``  — the active segment becomes an immutable file in ``segments/``;
 * ``repair_tail`` — after a crash, a torn last line is quarantined in
   ``recovery/`` and the file cut back to its last whole record.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +159,63 @@ def repair_tail(path: Path, recovery: Path) -> Repair | None:
         os.close(fd)
 
 
+class BackgroundSync:
+    """fdatasync on a thread of its own, one at a time; requests made meanwhile merge.
+
+    ``done`` is the mark of the last request whose fsync finished. A failed
+    fsync is kept and raised (as ``FsyncFailed``) to the loop at its next
+    request or wait: it must not be retried.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.cond = threading.Condition()
+        self.wanted: tuple[int, int] | None = None  # (fd, mark) for the next fsync
+        self.busy = False
+        self.done = 0
+        self.error: OSError | None = None
+        self.thread: threading.Thread | None = None
+
+    def request(self, fd: int, mark: int) -> None:
+        with self.cond:
+            self._raise_error()
+            self.wanted = (fd, mark)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="persist-fsync", daemon=True)
+                self.thread.start()
+            self.cond.notify_all()
+
+    def wait(self) -> None:
+        """Until every requested fsync has finished (then the fd may be closed)."""
+        with self.cond:
+            while self.busy or self.wanted is not None:
+                self.cond.wait()
+            self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            raise FsyncFailed(self.error.errno, f"fsync of {self.path} failed: {self.error.strerror}")
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while self.wanted is None:
+                    self.cond.wait()
+                (fd, mark), self.wanted, self.busy = self.wanted, None, True
+            error = None
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                error = exc
+            with self.cond:
+                self.busy = False
+                if error is None:
+                    self.done = mark
+                else:
+                    self.error = self.error or error
+                self.cond.notify_all()
+
+
 class SegmentWriter:
     """Appends record lines to the active segment; commits and rotates it."""
 
@@ -167,6 +227,8 @@ class SegmentWriter:
         self.opened_at = time.time()
         self.first_seq: int | None = None
         self.uncommitted = 0
+        self.synced = 0  # the mark of the last commit finished in the loop's own time
+        self.background = BackgroundSync(log.active)
 
     def open(self, first_seq: int | None = None, first_time: float | None = None) -> None:
         """Open (or create) the active segment for appending.
@@ -196,14 +258,29 @@ class SegmentWriter:
         self.size += len(data)
         self.uncommitted += 1
 
-    def commit(self) -> None:
-        """fsync what was appended (unless ``--fsync off``)."""
-        if self.uncommitted and self.fsync != "off":
-            try:
-                os.fdatasync(self.fd)
-            except OSError as exc:
-                raise FsyncFailed(exc.errno, f"fsync of {self.log.active} failed: {exc.strerror}") from None
+    def commit(self, mark: int = 0, wait: bool = True) -> None:
+        """fsync what was appended (unless ``--fsync off``); ``durable`` reaches ``mark`` once done.
+
+        ``wait=False`` hands the fsync to the background thread and returns at once.
+        """
+        if self.fsync == "off":
+            self.synced = max(self.synced, mark)
+        elif self.uncommitted and not wait:
+            self.background.request(self.fd, mark)
+        else:
+            self.background.wait()  # never two fsyncs at once, never one on a closed fd
+            if self.uncommitted:
+                try:
+                    os.fdatasync(self.fd)
+                except OSError as exc:
+                    raise FsyncFailed(exc.errno, f"fsync of {self.log.active} failed: {exc.strerror}") from None
+                self.synced = max(self.synced, mark)
         self.uncommitted = 0
+
+    @property
+    def durable(self) -> int:
+        """The highest mark whose commit has finished."""
+        return max(self.synced, self.background.done)
 
     def rotate(self) -> Path | None:
         """Close the active segment into ``segments/`` and start a new one."""
