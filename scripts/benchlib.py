@@ -39,7 +39,7 @@ def message(i: int, rnd: random.Random, counters: dict[str, int]) -> bytes:
     """A realistic agent message of about 400 bytes, with its sender's own sequence number."""
     sender, recipient = rnd.sample(AGENTS, 2)
     counters[sender] = counters.get(sender, 0) + 1
-    text = " ".join(rnd.choices(VOCABULARY, ZIPF, k=22))
+    text = " ".join(rnd.choices(VOCABULARY, ZIPF, k=36))
     body = {
         "sender": sender,
         "recipient": recipient,
