@@ -44,13 +44,13 @@ def search_cmd(cfg, log, query, sender, topic, thread_id, kind, since, until, li
         hits = search(db, query, filters, limit, HIGHLIGHT if sys.stdout.isatty() else ("", ""))
     except SearchIndexError as exc:
         raise UsageError(str(exc)) from None
-    found = list(index.entries(log, [(h["segment"], h["offset"]) for h in hits]))
+    found = [(hit, e) for hit in hits for e in index.entries(log, [(hit["segment"], hit["offset"])])]
     if as_json:
-        return json_lines(e.line for e in found)
+        return json_lines(e.line for _, e in found)
     if not found:
         click.echo(f"no match for {query!r}", err=True)
         return
-    for hit, e in zip(hits, found):
+    for hit, e in found:
         head = f"{e.rec['received_at'][:19]}  {style('#' + str(e.seq), fg='cyan')}  {e.rec['topic']}  {render.speaker(e.rec)}"
         click.echo(head)
         click.echo("    " + " ".join(hit["snippet"].split()))

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from persist.daemon import reader
+from persist.daemon import reader, retention
 from persist.daemon.errors import CheckpointError
 from persist.daemon.fsutil import ensure_dir, fsync_dir, write_atomically
 from persist.daemon.record import iso_utc
@@ -233,7 +233,8 @@ def verify(log: LogDir) -> list[str]:
     for name, lengths in wanted.items():
         path = segment_path(log, name)
         if path is None:
-            problems.append(f"segment {name} named by a checkpoint is missing")
+            if retention.deleted(log, name) is None:  # a tombstone means storage.retention deleted it
+                problems.append(f"segment {name} named by a checkpoint is missing")
             continue
         actual.update(_prefix_hashes(name, path, sorted(lengths)))
     for m in items:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from persist.daemon import retention
+
 SEARCH_PATH = (
     Path("persist.toml"),
     Path("~/.config/persist/config.toml"),
@@ -60,6 +62,7 @@ class StorageSection:
     rotate_bytes: int = 256 * 1024 * 1024
     rotate_age_s: int = 24 * 3600
     backlog_bytes: int = 64 * 1024 * 1024
+    retention: str = ""  # keep everything; "30d" or "20GiB" deletes whole closed segments beyond it
 
 
 @dataclass
@@ -144,6 +147,11 @@ def _check(key: str, hint: Any, value: Any, source: str | None) -> Any:
         raise ConfigError(key, f"must be greater than 0, got {value!r}", source)
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(key, f"must be one of {', '.join(CHOICES[key])}, got {value!r}", source)
+    if key == "storage.retention":
+        try:
+            retention.parse(value)
+        except ValueError as exc:
+            raise ConfigError(key, f"{exc}; leave it empty to keep everything", source) from None
     if key in ("daemon.connect", "daemon.bind"):
         m = ENDPOINT.match(value)
         port = m.group(3) if m else None

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from persist.daemon import reader
+from persist.daemon import reader, retention
 from persist.daemon.errors import SearchIndexError
 from persist.daemon.render import payload_text
 from persist.daemon.store import LogDir, segment_name
@@ -147,6 +147,7 @@ def catch_up(log: LogDir, db: sqlite3.Connection, progress: Callable[[str, int],
 
     ``progress(segment, offset)`` is called after each committed batch.
     """
+    forget_deleted(log, db)
     batch: list = []
     count = 0
     for item in pending(log, db):
@@ -161,11 +162,30 @@ def catch_up(log: LogDir, db: sqlite3.Connection, progress: Callable[[str, int],
     return count + len(batch)
 
 
-def line_at(log: LogDir, segment: str, end_offset: int, cache: dict[str, Path]) -> bytes:
-    """The exact record line ending at ``end_offset`` of segment ``segment``."""
+def forget_deleted(log: LogDir, db: sqlite3.Connection) -> int:
+    """Drop the rows of segments ``storage.retention`` deleted: search never shows what is gone."""
+    removed = 0
+    for stone in log.segments.glob("*.jsonl.deleted"):
+        gone = retention.deleted(log, stone.name.removesuffix(".deleted"))
+        if not gone or gone.get("first_seq") is None:
+            continue
+        where = ("seq BETWEEN ? AND ? AND segment = ?", (gone["first_seq"], gone["last_seq"], gone["segment"]))
+        if db.execute(f"SELECT 1 FROM records WHERE {where[0]} LIMIT 1", where[1]).fetchone() is None:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(f"DELETE FROM fts WHERE rowid IN (SELECT seq FROM records WHERE {where[0]})", where[1])
+        removed += db.execute(f"DELETE FROM records WHERE {where[0]}", where[1]).rowcount
+        db.execute("COMMIT")
+    return removed
+
+
+def line_at(log: LogDir, segment: str, end_offset: int, cache: dict[str, Path]) -> bytes | None:
+    """The exact record line ending at ``end_offset`` of segment ``segment`` (None if it was deleted)."""
     if segment not in cache:
         cache.update(dict(stable_segments(log)))
-    path = cache[segment]
+    path = cache.get(segment)
+    if path is None:
+        return None
     start = max(0, end_offset - (1 << 16))
     with open(path, "rb") as f:
         while True:
@@ -182,4 +202,5 @@ def entries(log: LogDir, rows: Iterable[tuple[str, int]]) -> Iterator[reader.Ent
     cache: dict[str, Path] = {}
     for segment, offset in rows:
         line = line_at(log, segment, offset, cache)
-        yield reader.Entry(orjson.loads(line), line, cache[segment])
+        if line is not None:  # else storage.retention deleted it since it was indexed
+            yield reader.Entry(orjson.loads(line), line, cache[segment])

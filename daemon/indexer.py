@@ -51,6 +51,7 @@ def run(log_dir: LogDir, stop: threading.Event) -> None:
                 db.close()
                 db = index.connect(path)
                 inode = os.stat(path).st_ino
+            index.forget_deleted(log_dir, db)
             batch = []
             deadline = time.monotonic() + COMMIT_EVERY
             for item in index.pending(log_dir, db):

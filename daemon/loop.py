@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 import zmq
 
-from persist.daemon import checkpoints, enrich, reader
+from persist.daemon import checkpoints, enrich, reader, retention
 from persist.daemon.agents import Presence
 from persist.daemon.bus import Bus
 from persist.daemon.config import Config
@@ -36,6 +36,7 @@ from persist.daemon.store import DiskFull, LogDir, SegmentWriter, repair_tail
 
 BATCH = 1000  # messages taken from the socket per turn of the loop
 DRAIN_SECONDS = 3.0  # at shutdown, how long queued messages may still be drained
+RETENTION_EVERY_S = 60.0  # how often storage.retention is applied (and right after each rotation)
 log = structlog.get_logger("persist.daemon")
 
 
@@ -67,6 +68,7 @@ class Recorder:
         self.checkpointed_seq = 0  # seq of the last $persist/checkpoint record
         self.next_checkpoint = time.monotonic() + cfg.checkpoint.interval
         self.last_checkpoint: dict[str, Any] | None = None
+        self.next_retention = 0.0
         self.ctx = zmq.Context()
 
     # --- start -----------------------------------------------------------------
@@ -255,6 +257,21 @@ class Recorder:
             self.commit()
             closed = self.writer.rotate()
             log.info("rotated", segment=str(closed))
+            self.next_retention = 0.0
+        if now >= self.next_retention:
+            self.next_retention = now + RETENTION_EVERY_S
+            self.apply_retention()
+
+    def apply_retention(self) -> None:
+        """Delete the closed segments ``storage.retention`` no longer keeps; log and record each."""
+        try:
+            deleted = retention.apply(self.log, retention.parse(self.cfg.storage.retention))
+        except OSError as exc:
+            log.error("retention_failed", error=str(exc), hint="check the permissions of the log dir's segments/")
+            return
+        for info in deleted:
+            log.warning("retention_deleted", **info)
+            self.record_system("retention", info)
 
     def note_agents(self, rescan: bool = False) -> None:
         """Record agents joining and leaving; a launched daemon stops when the last has gone."""
@@ -364,6 +381,7 @@ class Recorder:
         self.enrich = enrich.pipeline(cfg.enrich)
         self.bus.subscribe(cfg.daemon.subscribe)
         self.spool.limit = cfg.storage.backlog_bytes
+        self.next_retention = 0.0  # a new retention acts at once
         log.info("reloaded", config=cfg.source, subscribe=cfg.daemon.subscribe, fsync=cfg.daemon.fsync)
 
     # --- stop ------------------------------------------------------------------

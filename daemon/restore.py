@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from persist.daemon import checkpoints, reader
+from persist.daemon import checkpoints, reader, retention
 from persist.daemon.errors import RestoreError
 from persist.daemon.fsutil import FILE_MODE, ensure_dir, fsync_dir, write_atomically
 from persist.daemon.record import encode, system_message
@@ -41,6 +41,9 @@ def check_unchanged(log: LogDir, manifest: dict[str, Any]) -> dict[str, Path]:
     hasher = checkpoints.Hasher()
     for seg in manifest["segments"]:
         path = files.get(seg["name"])
+        if path is None and (gone := retention.deleted(log, seg["name"])):
+            raise RestoreError(f"segment {seg['name']} of checkpoint {manifest['id']} was deleted by storage.retention "
+                               f"({gone['retention']}) at {gone['deleted_at']}; pick a newer checkpoint")
         if path is None:
             raise RestoreError(f"segment {seg['name']} of checkpoint {manifest['id']} is missing; run persist-cli verify")
         if hasher.digest(seg["name"], path, seg["bytes"])[0] != seg["sha256"]:
