@@ -119,34 +119,31 @@ def test_disk_full_leaves_no_partial_line(log, monkeypatch):
 
 
 def test_group_commit_on_the_background_thread(log):
-    w = SegmentWriter(log)
-    w.open()
-    w.append(line(1))
-    w.commit(1, wait=False)
-    w.append(line(2))
-    w.commit(2, wait=False)  # merges with the one in flight, or follows it
+    w = write(log, [1])
+    for seq in (2, 3):  # the second merges with the fsync in flight, or follows it
+        w.append(line(seq))
+        w.commit(seq, wait=False)
     w.background.wait()
-    assert w.durable == 2
-    w.append(line(3))
-    w.commit(3)
     assert w.durable == 3 and w.background.thread.name == "persist-fsync"
+    w.append(line(4))
+    w.commit(4)
+    assert w.durable == 4
     w.close()
-    assert [e.seq for e in reader.records(log)] == [1, 2, 3]
+    assert [e.seq for e in reader.records(log)] == [1, 2, 3, 4]
 
 
 def test_a_failed_background_fsync_is_raised_and_never_retried(log):
     from persist.daemon.store import FsyncFailed
 
-    w = SegmentWriter(log)
-    w.open()
-    w.append(line(1))
+    w = write(log, [1])
+    w.append(line(2))
     r, not_a_file = os.pipe()  # fdatasync on a pipe fails for real (EINVAL)
     real_fd, w.fd = w.fd, not_a_file
-    w.commit(1, wait=False)
+    w.commit(2, wait=False)
     with pytest.raises(FsyncFailed, match="current_session.jsonl"):
         w.background.wait()
     with pytest.raises(FsyncFailed):
-        w.commit(1, wait=False)
+        w.commit(2, wait=False)
     assert w.durable == 0, "nothing claimed durable after a failed fsync"
     w.fd = real_fd
     for fd in (r, not_a_file):
