@@ -12,9 +12,8 @@ import click
 from persist.cli.common import (
     Failure, UsageError, json_lines, json_option, matches, one_line, parse_when, require_log, style, with_log_dir,
 )
-from persist.daemon import index, lock, reader, render
+from persist.daemon import lock, reader, render
 from persist.daemon.store import repair_tail
-from persist.daemon.verify import verify
 
 topic_option = click.option("--topic", help="Only topics starting with this prefix.")
 sender_option = click.option("--sender", help="Only records whose meta.sender is this.")
@@ -108,6 +107,8 @@ def _write_export(entries, fmt: str, out) -> int:
 @with_log_dir
 def verify_cmd(cfg, log) -> None:
     """Check every line is a whole record, seq is continuous, and every checkpoint holds."""
+    from persist.daemon.verify import verify  # here, not at the top: `recent` starts faster without it
+
     require_log(log)
     total = sum(p.stat().st_size for p in log.segment_files())
     with click.progressbar(length=total, label="verifying", file=progress_file()) as bar:
@@ -123,6 +124,8 @@ def verify_cmd(cfg, log) -> None:
 @with_log_dir
 def recover(cfg, log) -> None:
     """Repair what a crash left and bring the search index up to date (what the daemon does at start)."""
+    from persist.daemon import index  # here, not at the top: `recent` starts faster without SQLite
+
     require_log(log)
     if lock.is_locked(log):
         raise Failure(f"a daemon (pid {lock.holder_pid(log)}) is recording into {log.root}; "

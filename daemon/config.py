@@ -18,8 +18,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from persist.daemon import retention
-
 SEARCH_PATH = (
     Path("persist.toml"),
     Path("~/.config/persist/config.toml"),
@@ -148,6 +146,8 @@ def _check(key: str, hint: Any, value: Any, source: str | None) -> Any:
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(key, f"must be one of {', '.join(CHOICES[key])}, got {value!r}", source)
     if key == "storage.retention":
+        from persist.daemon import retention  # only when the key is set: the CLI starts faster
+
         try:
             retention.parse(value)
         except ValueError as exc:
