@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 import zmq
 
-from persist.daemon import checkpoints, enrich, reader, retention
+from persist.daemon import checkpoints, enrich, memory, reader, retention
 from persist.daemon.agents import Presence
 from persist.daemon.bus import Bus
 from persist.daemon.config import Config
@@ -59,6 +59,7 @@ class Recorder:
         self.seq = 0
         self.pending = 0  # records appended since the last commit
         self.pending_since = 0.0
+        self.behind = False  # the receive queue held more than a batch: a burst is being worked through
         self.started = time.time()
         self.recorded = 0
         self.gaps = 0
@@ -131,7 +132,9 @@ class Recorder:
         while not (stopping or self.stop_requested):
             ready = dict(self.poller.poll(self._timeout_ms()))
             if self.bus.sock in ready:
-                self.record_batch(self.bus.receive(BATCH))
+                batch = self.bus.receive(BATCH)
+                self.record_batch(batch)
+                self.note_backlog(len(batch))
             if self.bus.monitor in ready:
                 self.note_bus_events()
             if self.control.sock in ready:
@@ -142,6 +145,14 @@ class Recorder:
             self.housekeeping()
             self.notify.tick(self.status_line)
         self.shutdown()
+
+    def note_backlog(self, received: int) -> None:
+        """Once a burst has been worked through, give the memory its queue took back to the OS."""
+        if received == BATCH:
+            self.behind = True
+        elif self.behind:
+            self.behind = False
+            memory.release()
 
     def _timeout_ms(self) -> int:
         wait = 1000
