@@ -1,7 +1,8 @@
-"""Enrichment (SPEC section 7): small functions that each add a few ``meta`` fields.
+"""Enrichment (SPEC section 7): what each record's ``meta`` says about its message.
 
 An enricher is a callable ``(Message) -> dict | None``. ``pipeline()`` composes
-the built-ins (configured from ``[enrich]``) with third-party enrichers from the
+the built-ins (configured from ``[enrich]``, run as one pass over the payload:
+they are on every message's path) with third-party enrichers from the
 ``persist.enrichers`` entry-point group, once at start-up. An enricher that
 raises costs nothing but a note in ``meta.enrich_error``: the record is kept.
 Enrichers read the payload the bus module parsed once; they never re-parse it.
