@@ -78,8 +78,11 @@ def measure(records: int, record_messages: int) -> dict:
         index_size = index.index_path(log).stat().st_size
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    on = bench_record.measure(record_messages, index=True, baselines=False)["persist"]["rate"]
-    off = bench_record.measure(record_messages, index=False, baselines=False)["persist"]["rate"]
+    on, off = [], []
+    for _ in range(3):  # in alternation, so that a noisy neighbour weighs on both
+        on.append(bench_record.measure(record_messages, index=True, baselines=False, rounds=1)["persist"]["rate"])
+        off.append(bench_record.measure(record_messages, index=False, baselines=False, rounds=1)["persist"]["rate"])
+    on, off = statistics.median(on), statistics.median(off)
     return {"records": records, "log_bytes": size, "index_bytes": index_size, "build_s": build_s,
             "rebuild_s": rebuild_s, "queries": queries, "grep": statistics.median(greps), "cli_search": cli_s,
             "rate_index_on": on, "rate_index_off": off}
