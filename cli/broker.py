@@ -13,10 +13,12 @@ import threading
 import click
 import zmq
 
+from persist.daemon.stopping import StopOnSignal
+
 HWM = 1_000_000
 
 
-def run_proxy(frontend: str, backend: str, stop: threading.Event) -> None:
+def run_proxy(frontend: str, backend: str, stop: StopOnSignal) -> None:
     """Forward publishers on ``frontend`` to subscribers on ``backend`` until ``stop`` is set.
 
     Says where it listens on stderr (the real ports when ``*`` was asked for).
@@ -58,7 +60,4 @@ def _proxy(xsub: zmq.Socket, xpub: zmq.Socket) -> None:
 @click.option("--backend", default="tcp://127.0.0.1:5555", show_default=True, help="Where subscribers (persist-daemon) connect.")
 def broker(frontend: str, backend: str) -> None:
     """Run a plain XPUB/XSUB proxy: publishers → FRONTEND, subscribers → BACKEND."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    run_proxy(frontend, backend, stop)
+    run_proxy(frontend, backend, StopOnSignal(signal.SIGINT, signal.SIGTERM))

@@ -24,6 +24,7 @@ import click
 import structlog
 
 from persist.daemon import index, logs
+from persist.daemon.stopping import StopOnSignal
 from persist.daemon.store import LogDir
 from persist.daemon.watch import watch
 
@@ -33,7 +34,7 @@ BATCH = 2000
 log = structlog.get_logger("persist.indexer")
 
 
-def run(log_dir: LogDir, stop: threading.Event) -> None:
+def run(log_dir: LogDir, stop: StopOnSignal) -> None:
     """Index until ``stop`` is set."""
     path = index.index_path(log_dir)
     db = index.connect(path)
@@ -152,9 +153,7 @@ def main(log_dir: str, parent: int | None) -> None:
         sys.exit(0)
     os.ftruncate(lock_fd, 0)
     os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = StopOnSignal(signal.SIGTERM, signal.SIGINT)
     if parent:
         die_with_parent(parent)
     idle_priority()

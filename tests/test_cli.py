@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import time
 
@@ -181,3 +182,24 @@ def test_recover_refuses_while_recording_then_repairs(chat):
     result = run("persist-cli", "recover", "--log-dir", str(daemon.log_dir))
     assert result.returncode == 0 and "13 torn byte(s)" in result.stdout
     assert run("persist-cli", "verify", "--log-dir", str(daemon.log_dir)).returncode == 0
+
+
+@pytest.mark.parametrize("command", [
+    ["persist-cli", "broker", "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*"],
+    ["python", "-m", "persist.daemon.indexer", "--log-dir", "{log_dir}"],
+], ids=["broker", "indexer"])  # fmt: skip
+def test_a_storm_of_stop_signals_stops_cleanly(command, workdir):
+    """Signal handlers take no lock: a second signal inside the first never hangs the process."""
+    argv = [str(BIN / command[0]), *(a.format(log_dir=workdir / "logs") for a in command[1:])]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc.stderr.readline()  # it is up
+    for i in range(300):
+        try:
+            os.kill(proc.pid, signal.SIGINT if i % 2 else signal.SIGTERM)
+        except ProcessLookupError:
+            break
+    try:
+        code = proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    assert code == 0 and "Traceback" not in proc.stderr.read()
