@@ -19,10 +19,24 @@ from persist.daemon.search import HIGHLIGHT, Filters, close_threads, search, thr
 
 
 def open_index(log):
+    """The search index, brought up to date first when no indexer is keeping it so.
+
+    With the daemon stopped (or its indexing off) the newest records would
+    otherwise be missing from what search, thread and threads find.
+    """
     try:
-        return index.connect(index.index_path(log), create=False)
+        db = index.connect(index.index_path(log), create=False)
     except SearchIndexError as exc:
         raise Failure(str(exc)) from None
+    fd = os.open(index.index_dir(log) / "indexer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        index.catch_up(log, db)
+    except BlockingIOError:
+        pass  # an indexer is at work: it keeps the index current
+    finally:
+        os.close(fd)
+    return db
 
 
 @click.command("search")

@@ -214,3 +214,15 @@ def test_the_indexer_does_not_outlive_a_killed_daemon(recorder):
     pid = wait_for(lambda: daemon.status()["indexer_pid"], what="the indexer")
     daemon.kill9()
     wait_for(lambda: process_gone(pid), what="the orphaned indexer to stop")
+
+
+def test_search_after_the_daemon_stopped_finds_everything_it_recorded(recorder):
+    daemon, p = recorder("[index]\nenabled = false\n")  # nobody keeps the index current
+    p.send(b"agent.chat", b'{"sender":"claude","text":"the early bird indexed by hand"}')
+    daemon.wait_records(1)
+    assert cli(daemon.log_dir, "index", "rebuild").returncode == 0
+    p.send(b"agent.chat", b'{"sender":"gemini","text":"a late owl nobody indexed"}')
+    daemon.wait_records(2)
+    daemon.stop()
+    assert [h["payload"]["text"] for h in hits(daemon.log_dir, "owl")] == ["a late owl nobody indexed"]
+    assert [h["payload"]["text"] for h in hits(daemon.log_dir, "bird")] == ["the early bird indexed by hand"]
