@@ -118,9 +118,10 @@ def percentile(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
-def rss_peak_mb(pid: int) -> float:
+def rss_peak_mb(pid: int, field: str = "VmHWM") -> float:
+    """Peak resident memory of ``pid`` (``field="VmRSS"``: now)."""
     status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+    return int(re.search(field + r":\s+(\d+)", status).group(1)) / 1024
 
 
 def wait_until_receiving(daemon: Daemon, pub: zmq.Socket) -> None:
