@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -226,6 +225,8 @@ def load(explicit: str | None = None, overrides: dict[str, dict[str, Any]] | Non
     given: set[str] = set()
     path = find_file(explicit)
     if path is not None:
+        import tomllib  # only with a config file: commands start faster without one
+
         try:
             with open(path, "rb") as f:
                 data = tomllib.load(f)

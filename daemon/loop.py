@@ -131,10 +131,12 @@ class Recorder:
         stopping = False
         while not (stopping or self.stop_requested):
             ready = dict(self.poller.poll(self._timeout_ms()))
+            received = 0
             if self.bus.sock in ready:
                 batch = self.bus.receive(BATCH)
                 self.record_batch(batch)
-                self.note_backlog(len(batch))
+                received = len(batch)
+            self.note_backlog(received)
             if self.bus.monitor in ready:
                 self.note_bus_events()
             if self.control.sock in ready:
@@ -147,7 +149,8 @@ class Recorder:
         self.shutdown()
 
     def note_backlog(self, received: int) -> None:
-        """Once a burst has been worked through, give the memory its queue took back to the OS."""
+        """Once a burst has been worked through (a batch short of full, or none), give the
+        memory its queue took back to the OS."""
         if received == BATCH:
             self.behind = True
         elif self.behind:
