@@ -60,6 +60,7 @@ class Recorder:
         self.pending = 0  # records appended since the last commit
         self.pending_since = 0.0
         self.behind = False  # the receive queue held more than a batch: a burst is being worked through
+        self.second_release = 0.0  # when to give memory back once more after a burst
         self.started = time.time()
         self.recorded = 0
         self.gaps = 0
@@ -150,11 +151,16 @@ class Recorder:
 
     def note_backlog(self, received: int) -> None:
         """Once a burst has been worked through (a batch short of full, or none), give the
-        memory its queue took back to the OS."""
+        memory its queue took back to the OS; and once more a second later, for what was
+        still being freed the first time."""
         if received == BATCH:
             self.behind = True
+            self.second_release = time.monotonic() + 1.0
         elif self.behind:
             self.behind = False
+            memory.release()
+        elif self.second_release and time.monotonic() >= self.second_release:
+            self.second_release = 0.0
             memory.release()
 
     def _timeout_ms(self) -> int:
