@@ -169,12 +169,12 @@ def forget_deleted(log: LogDir, db: sqlite3.Connection) -> int:
         gone = retention.deleted(log, stone.name.removesuffix(".deleted"))
         if not gone or gone.get("first_seq") is None:
             continue
-        where = ("seq BETWEEN ? AND ? AND segment = ?", (gone["first_seq"], gone["last_seq"], gone["segment"]))
-        if db.execute(f"SELECT 1 FROM records WHERE {where[0]} LIMIT 1", where[1]).fetchone() is None:
-            continue
+        rows, params = "seq BETWEEN ? AND ? AND segment = ?", (gone["first_seq"], gone["last_seq"], gone["segment"])
+        if db.execute(f"SELECT 1 FROM records WHERE {rows} LIMIT 1", params).fetchone() is None:
+            continue  # forgotten already
         db.execute("BEGIN IMMEDIATE")
-        db.execute(f"DELETE FROM fts WHERE rowid IN (SELECT seq FROM records WHERE {where[0]})", where[1])
-        removed += db.execute(f"DELETE FROM records WHERE {where[0]}", where[1]).rowcount
+        db.execute(f"DELETE FROM fts WHERE rowid IN (SELECT seq FROM records WHERE {rows})", params)
+        removed += db.execute(f"DELETE FROM records WHERE {rows}", params).rowcount
         db.execute("COMMIT")
     return removed
 

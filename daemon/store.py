@@ -159,6 +159,14 @@ def repair_tail(path: Path, recovery: Path) -> Repair | None:
         os.close(fd)
 
 
+def fdatasync(fd: int, path: Path) -> None:
+    """fsync the data of ``fd``; a failure is ``FsyncFailed``, naming ``path``."""
+    try:
+        os.fdatasync(fd)
+    except OSError as exc:
+        raise FsyncFailed(exc.errno, f"fsync of {path} failed: {exc.strerror}") from None
+
+
 class BackgroundSync:
     """fdatasync on a thread of its own, one at a time; requests made meanwhile merge.
 
@@ -173,7 +181,7 @@ class BackgroundSync:
         self.wanted: tuple[int, int] | None = None  # (fd, mark) for the next fsync
         self.busy = False
         self.done = 0
-        self.error: OSError | None = None
+        self.error: FsyncFailed | None = None
         self.thread: threading.Thread | None = None
 
     def request(self, fd: int, mark: int) -> None:
@@ -194,7 +202,7 @@ class BackgroundSync:
 
     def _raise_error(self) -> None:
         if self.error is not None:
-            raise FsyncFailed(self.error.errno, f"fsync of {self.path} failed: {self.error.strerror}")
+            raise self.error
 
     def _run(self) -> None:
         while True:
@@ -204,8 +212,8 @@ class BackgroundSync:
                 (fd, mark), self.wanted, self.busy = self.wanted, None, True
             error = None
             try:
-                os.fdatasync(fd)
-            except OSError as exc:
+                fdatasync(fd, self.path)
+            except FsyncFailed as exc:
                 error = exc
             with self.cond:
                 self.busy = False
@@ -270,10 +278,7 @@ class SegmentWriter:
         else:
             self.background.wait()  # never two fsyncs at once, never one on a closed fd
             if self.uncommitted:
-                try:
-                    os.fdatasync(self.fd)
-                except OSError as exc:
-                    raise FsyncFailed(exc.errno, f"fsync of {self.log.active} failed: {exc.strerror}") from None
+                fdatasync(self.fd, self.log.active)
                 self.synced = max(self.synced, mark)
         self.uncommitted = 0
 
