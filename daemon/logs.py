@@ -1,4 +1,8 @@
-"""Logging through structlog: human lines on a terminal, JSON lines otherwise."""
+"""Logging through structlog: human lines on a terminal, JSON lines otherwise.
+
+A log line that cannot be written (its file on a full disk, a closed pipe) is
+dropped, never raised: the recorder must not stop because its log cannot grow.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,28 @@ def _json(_logger: object, _method: str, event: dict) -> str:
     return orjson.dumps(event, default=str).decode()
 
 
+class _Unfailing:
+    """A text stream whose write and flush errors are swallowed."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+        except (OSError, ValueError):
+            pass
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+
 def setup(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Configure structlog once for a process (``fmt``: auto, console or json)."""
     stream = stream or sys.stderr
@@ -26,6 +52,6 @@ def setup(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.PrintLoggerFactory(_Unfailing(stream)),
         cache_logger_on_first_use=False,
     )

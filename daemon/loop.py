@@ -222,6 +222,7 @@ class Recorder:
             self.spool.add(lines)
             log.error("disk_full", error=str(exc), spooled=len(self.spool.lines),
                       hint="free space on the log dir's filesystem; recording resumes by itself")
+            self.next_retention = 0.0  # storage.retention, if set, may make room now
             return
         if not self.pending:
             self.pending_since = time.monotonic()

@@ -10,11 +10,14 @@ chain still verifies) but can no longer be restored in full.
 Each deletion first writes a tombstone ``segments/<name>.deleted`` (JSON: when,
 why, seq range, bytes) atomically, then unlinks the segment: ``verify`` and
 ``restore`` tell a deliberate deletion from a lost file by it, and a crash in
-between is finished at the next pass. The daemon logs and records every one.
+between is finished at the next pass. On a full disk, where even a tombstone
+finds no room, the segment goes first. The daemon logs and records every one,
+and applies retention at once when the disk fills.
 """
 
 from __future__ import annotations
 
+import errno
 import re
 import time
 from dataclasses import dataclass
@@ -97,8 +100,14 @@ def delete(log: LogDir, path: Path, policy: Policy) -> dict[str, Any]:
         "deleted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "retention": policy.text,
     }
-    write_atomically(tombstone(log, path.name), orjson.dumps(info))
-    path.unlink()
+    try:
+        write_atomically(tombstone(log, path.name), orjson.dumps(info))
+        path.unlink()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        path.unlink()  # a full disk has no room for the tombstone until the segment is gone
+        write_atomically(tombstone(log, path.name), orjson.dumps(info))
     fsync_dir(log.segments)
     return info
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
 import threading
 import time
 
@@ -247,3 +248,20 @@ def test_memory_a_burst_took_is_given_back(recorder):
     wait_for(lambda: memory_mb(daemon.proc.pid, "VmRSS") < before + (peak - before) / 4,
              what=f"memory back near {before:.0f} MB after a {peak:.0f} MB peak")
     daemon.stop()
+
+
+def test_a_log_that_cannot_be_written_never_stops_recording(broker, publish, log_dir):
+    daemon = Daemon(log_dir, "--connect", broker.backend)
+    daemon.proc = subprocess.Popen(daemon.args, stderr=subprocess.PIPE, env=daemon.env)
+    try:
+        wait_for(daemon.ping, what="daemon ping")
+        p = publish()
+        p.join(daemon)
+        daemon.proc.stderr.close()  # whoever read the daemon's log has gone: every log line now fails
+        daemon.proc.send_signal(signal.SIGHUP)  # a reload, logged
+        p.send(b"after", b'{"still":"recorded"}')
+        daemon.wait_records(1)
+        assert daemon.proc.poll() is None and daemon.status()["last_seq"] > 0
+    finally:
+        daemon.proc.terminate()
+        daemon.proc.wait(10)

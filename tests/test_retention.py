@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -101,3 +102,41 @@ def test_a_deletion_cut_short_by_a_crash_is_finished(tmp_path):
     seg.write_bytes(b'{"v":1,"seq":1}\n')
     retention.tombstone(log, seg.name).write_bytes(b'{"segment":"seg-0000000000000001.jsonl"}')
     assert retention.apply(log, None) == [] and not seg.exists()
+
+
+def test_a_full_disk_applies_retention_at_once(recorder, workdir):
+    import resource
+
+    daemon, p = recorder('[storage]\nrotate_bytes = 4000\nretention = "1h"\n')
+    fill_segments(daemon, p, 3)
+    oldest = sorted(daemon.log.segments.glob("*.jsonl"))[0]
+    old = time.time() - 2 * 3600
+    os.utime(oldest, (old, old))  # past retention, but the next regular pass is a minute away
+    _, hard = resource.prlimit(daemon.proc.pid, resource.RLIMIT_FSIZE)
+    limit = daemon.log.active.stat().st_size + 2000  # room for a tombstone, not for the next record
+    resource.prlimit(daemon.proc.pid, resource.RLIMIT_FSIZE, (limit, hard))
+    p.send(b"agent.chat", b'{"text":"%s"}' % (b"z" * 4000))  # refused: the disk is full
+    wait_for(lambda: not oldest.exists(), what="retention applied as the disk filled")
+    resource.prlimit(daemon.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))
+    wait_for(lambda: not daemon.status()["disk_full"], what="recording to resume")
+    daemon.stop()
+    assert retention.deleted(daemon.log, oldest.name)["retention"] == "1h"
+
+
+def test_on_a_disk_with_no_room_for_a_tombstone_the_segment_goes_first(tmp_path, monkeypatch):
+    log = LogDir(tmp_path / "logs")
+    log.create()
+    seg = log.segments / "seg-0000000000000001.jsonl"
+    seg.write_bytes(b'{"v":1,"seq":1}\n{"v":1,"seq":2}\n')
+    write, refused = retention.write_atomically, []
+
+    def no_room_until_the_segment_is_gone(path, data):
+        if seg.exists():
+            refused.append(path)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(path, data)
+
+    monkeypatch.setattr(retention, "write_atomically", no_room_until_the_segment_is_gone)
+    info = retention.delete(log, seg, retention.parse("1d"))
+    assert refused and not seg.exists()
+    assert retention.deleted(log, seg.name) == info and (info["first_seq"], info["last_seq"]) == (1, 2)
