@@ -53,8 +53,8 @@ def connect(path: Path, create: bool = True) -> sqlite3.Connection:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     db = sqlite3.connect(path, timeout=30, isolation_level=None)
     db.execute("PRAGMA busy_timeout=30000")
+    db.executescript(SCHEMA)  # idempotent; also completes a file an indexer has only just created
     if create:
-        db.executescript(SCHEMA)
         os.chmod(path, 0o600)
     return db
 
@@ -167,7 +167,7 @@ def forget_deleted(log: LogDir, db: sqlite3.Connection) -> int:
     removed = 0
     for stone in log.segments.glob("*.jsonl.deleted"):
         gone = retention.deleted(log, stone.name.removesuffix(".deleted"))
-        if not gone or gone.get("first_seq") is None:
+        if not gone or gone.get("first_seq") is None or gone.get("last_seq") is None:
             continue
         rows, params = "seq BETWEEN ? AND ? AND segment = ?", (gone["first_seq"], gone["last_seq"], gone["segment"])
         if db.execute(f"SELECT 1 FROM records WHERE {rows} LIMIT 1", params).fetchone() is None:

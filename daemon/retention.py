@@ -88,14 +88,22 @@ def expired(log: LogDir, policy: Policy, now: float) -> list[Path]:
     return doomed[::-1]
 
 
+def _last_seq(path: Path) -> int | None:
+    for line in reader.lines_backward(path):
+        try:
+            return orjson.loads(line)["seq"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return None
+    return None
+
+
 def delete(log: LogDir, path: Path, policy: Policy) -> dict[str, Any]:
     """Tombstone, then unlink, one closed segment; what was deleted (for the log and the record)."""
-    last = next(iter(reader.lines_backward(path)), None)
     first = reader.first_record(path)
     info = {
         "segment": path.name,
         "first_seq": first.seq if first else None,
-        "last_seq": orjson.loads(last)["seq"] if last else None,
+        "last_seq": _last_seq(path),
         "bytes": path.stat().st_size,
         "deleted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "retention": policy.text,
@@ -116,7 +124,10 @@ def apply(log: LogDir, policy: Policy | None, now: float | None = None) -> list[
     """Delete what the policy no longer keeps; finish deletions a crash interrupted."""
     done = []
     for path in sorted(log.segments.glob("*.jsonl")):
-        if tombstone(log, path.name).exists():  # tombstoned, then the crash: finish it
+        gone = deleted(log, path.name)
+        # Tombstoned, then the crash: finish it. A segment that only shares the name (seq
+        # numbers start again after an in-place restore) does not match its tombstone: kept.
+        if gone and gone.get("bytes") == path.stat().st_size and gone.get("last_seq") == _last_seq(path):
             path.unlink()
             fsync_dir(log.segments)
     if policy is not None:

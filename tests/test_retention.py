@@ -95,12 +95,15 @@ def test_age_retention_acts_on_reload_and_never_touches_the_active_segment(recor
     assert retention.deleted(daemon.log, closed[0].name)["retention"] == "2d"
 
 
-def test_a_deletion_cut_short_by_a_crash_is_finished(tmp_path):
+def test_a_deletion_cut_short_by_a_crash_is_finished_and_only_that(tmp_path):
     log = LogDir(tmp_path / "logs")
     log.create()
     seg = log.segments / "seg-0000000000000001.jsonl"
-    seg.write_bytes(b'{"v":1,"seq":1}\n')
-    retention.tombstone(log, seg.name).write_bytes(b'{"segment":"seg-0000000000000001.jsonl"}')
+    seg.write_bytes(b'{"v":1,"seq":1}\n{"v":1,"seq":2}\n')
+    stone = {"segment": seg.name, "first_seq": 1, "last_seq": 2, "bytes": seg.stat().st_size}
+    retention.tombstone(log, seg.name).write_bytes(orjson.dumps({**stone, "last_seq": 3}))
+    assert retention.apply(log, None) == [] and seg.exists(), "a segment that only shares the name stays"
+    retention.tombstone(log, seg.name).write_bytes(orjson.dumps(stone))
     assert retention.apply(log, None) == [] and not seg.exists()
 
 

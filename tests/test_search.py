@@ -27,6 +27,12 @@ def hits(log_dir, *args):
     return [orjson.loads(x) for x in result.stdout.splitlines()]
 
 
+def indexed(log_dir, *args):
+    """For wait_for: the hits once there are some (the indexer may not have made the index yet)."""
+    result = cli(log_dir, "search", *args, "--json")
+    return result.returncode == 0 and [orjson.loads(x) for x in result.stdout.splitlines()]
+
+
 @pytest.fixture
 def talk(recorder):
     daemon, p = recorder()
@@ -51,7 +57,7 @@ def test_a_word_published_a_second_ago_is_found(talk):
     daemon, p = talk
     p.send(b"agent.chat", b'{"sender":"claude","text":"the word is xylophone"}')
     t0 = time.monotonic()
-    found = wait_for(lambda: hits(daemon.log_dir, "xylophone"), timeout=10, interval=0.05, what="search hit")
+    found = wait_for(lambda: indexed(daemon.log_dir, "xylophone"), timeout=10, interval=0.05, what="search hit")
     took = time.monotonic() - t0
     assert found[0]["payload"]["text"] == "the word is xylophone"
     assert took < 3.0, f"searchable after {took:.2f} s"
@@ -76,7 +82,7 @@ def test_ranking_phrases_prefixes_and_filters(talk):
 
 def test_json_hits_are_the_records_exactly(talk):
     daemon, _ = talk
-    wait_for(lambda: hits(daemon.log_dir, "schema"), what="indexed")
+    wait_for(lambda: indexed(daemon.log_dir, "schema"), what="indexed")
     result = cli(daemon.log_dir, "search", "schema", "--json")
     (line,) = result.stdout.encode().splitlines(keepends=True)
     assert line in [e.line for e in daemon.records()]
@@ -109,7 +115,7 @@ def test_thread_in_order_across_topics_and_tools(talk):
 )
 def test_bad_input_is_one_line(talk, args, code, words):
     daemon, _ = talk
-    wait_for(lambda: hits(daemon.log_dir, "backoff"), what="indexed")
+    wait_for(lambda: indexed(daemon.log_dir, "backoff"), what="indexed")
     result = cli(daemon.log_dir, *args)
     assert result.returncode == code, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
@@ -130,10 +136,10 @@ def test_missing_index_says_to_rebuild_and_rebuild_works(talk):
 
 def test_index_rebuild_while_the_daemon_records(talk):
     daemon, p = talk
-    wait_for(lambda: hits(daemon.log_dir, "backoff"), what="indexed")
+    wait_for(lambda: indexed(daemon.log_dir, "backoff"), what="indexed")
     assert cli(daemon.log_dir, "index", "rebuild").returncode == 0
     p.send(b"agent.chat", b'{"text":"after the rebuild: quokka"}')
-    wait_for(lambda: hits(daemon.log_dir, "quokka"), timeout=20, what="the restarted indexer to index again")
+    wait_for(lambda: indexed(daemon.log_dir, "quokka"), timeout=20, what="the restarted indexer to index again")
     assert len(hits(daemon.log_dir, "backoff")) == 2
 
 
