@@ -47,11 +47,18 @@ class Bus:
             raise BusError(f"cannot {verb} {endpoint}: {exc.strerror}") from None
 
     def subscribe(self, prefixes: list[str]) -> None:
-        """Replace the subscription prefixes (``""`` means everything)."""
-        for old in self.subscriptions:
-            self.sock.setsockopt(zmq.UNSUBSCRIBE, old.encode())
+        """Replace the subscription prefixes (``""`` means everything).
+
+        New prefixes first, then the dropped ones go: a prefix kept across a
+        reload is never unsubscribed, not even for a moment, so nothing it
+        covers is lost to the reload.
+        """
         for prefix in prefixes:
-            self.sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+            if prefix not in self.subscriptions:
+                self.sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        for old in self.subscriptions:
+            if old not in prefixes:
+                self.sock.setsockopt(zmq.UNSUBSCRIBE, old.encode())
         self.subscriptions = list(prefixes)
 
     def receive(self, limit: int) -> list[list[bytes]]:

@@ -265,3 +265,16 @@ def test_a_log_that_cannot_be_written_never_stops_recording(broker, publish, log
     finally:
         daemon.proc.terminate()
         daemon.proc.wait(10)
+
+
+def test_reloads_under_load_lose_nothing(recorder):
+    daemon, p = recorder()
+    n = 20_000
+    sender = threading.Thread(target=lambda: [p.send(b"load", b'{"i":%d}' % i) for i in range(n)])
+    sender.start()
+    while sender.is_alive():  # reload after reload while messages stream in
+        daemon.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.01)
+    got = daemon.wait_records(n, timeout=60)
+    assert sorted(orjson.loads(e.frames()[1])["i"] for e in got) == list(range(n))
+    daemon.stop()
