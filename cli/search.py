@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import sys
@@ -28,14 +27,12 @@ def open_index(log):
         db = index.connect(index.index_path(log), create=False)
     except SearchIndexError as exc:
         raise Failure(str(exc)) from None
-    fd = os.open(index.index_dir(log) / "indexer.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        index.catch_up(log, db)
-    except BlockingIOError:
-        pass  # an indexer is at work: it keeps the index current
-    finally:
-        os.close(fd)
+    fd = index.try_indexer_lock(log)
+    if fd is not None:  # else an indexer is at work: it keeps the index current
+        try:
+            index.catch_up(log, db)
+        finally:
+            os.close(fd)
     return db
 
 
@@ -152,21 +149,15 @@ def rebuild(cfg, log) -> None:
 
 def take_indexer_lock(log) -> int:
     """Hold ``indexer.lock``; a running indexer is asked to stop (the daemon restarts it later)."""
-    index.index_dir(log).mkdir(mode=0o700, parents=True, exist_ok=True)
     path = index.index_dir(log) / "indexer.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     deadline = time.monotonic() + 15
     asked = False
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            pid = int(path.read_text().strip() or 0)
-            if pid and not asked:
-                os.kill(pid, signal.SIGTERM)
-                asked = True
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise Failure(f"the indexer (pid {pid}) did not stop; try again") from None
-            time.sleep(0.05)
+    while (fd := index.try_indexer_lock(log)) is None:
+        pid = int(path.read_text().strip() or 0)
+        if pid and not asked:
+            os.kill(pid, signal.SIGTERM)
+            asked = True
+        if time.monotonic() > deadline:
+            raise Failure(f"the indexer (pid {pid}) did not stop; try again")
+        time.sleep(0.05)
+    return fd

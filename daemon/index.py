@@ -11,6 +11,7 @@ exactly where its last commit ended.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +46,18 @@ def index_dir(log: LogDir) -> Path:
 
 def index_path(log: LogDir) -> Path:
     return index_dir(log) / "index.sqlite"
+
+
+def try_indexer_lock(log: LogDir) -> int | None:
+    """An fd holding ``indexer.lock`` (one indexer per log dir), or None if someone else holds it."""
+    index_dir(log).mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(index_dir(log) / "indexer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except BlockingIOError:
+        os.close(fd)
+        return None
 
 
 def connect(path: Path, create: bool = True) -> sqlite3.Connection:

@@ -11,7 +11,6 @@ from its last committed position. One indexer per log dir (an flock).
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import os
 import signal
 import subprocess
@@ -144,11 +143,8 @@ def idle_priority() -> None:
 def main(log_dir: str, parent: int | None) -> None:
     logs.setup("json", "info")
     log_dir_ = LogDir(Path(log_dir).resolve())
-    index.index_dir(log_dir_).mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock_fd = os.open(index.index_dir(log_dir_) / "indexer.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    lock_fd = index.try_indexer_lock(log_dir_)
+    if lock_fd is None:
         log.info("indexer_already_running", log_dir=log_dir)
         sys.exit(0)
     os.ftruncate(lock_fd, 0)

@@ -77,8 +77,8 @@ _ts_last: tuple[int, str] = (-1, "")
 _id_ms, _id_head, _id_next = -1, b"", 0
 
 
-def uuid7(unix_ms: int) -> str:
-    """A UUIDv7 string: 48 bits of milliseconds, version 7, variant 8, 72 bits that never repeat.
+def uuid7(unix_ms: int) -> bytes:
+    """A UUIDv7 as ASCII text: 48 bits of milliseconds, version 7, variant 8, 72 bits that never repeat.
 
     RFC 9562 section 6.2, method 2 (monotonic random): the first id of each
     millisecond takes 72 random bits, later ones in the same millisecond count
@@ -86,10 +86,6 @@ def uuid7(unix_ms: int) -> str:
     from a PRNG seeded from os.urandom: ids need uniqueness, not secrecy, and a
     getrandom() call per record was half the daemon's time.
     """
-    return _next_id(unix_ms).decode()
-
-
-def _next_id(unix_ms: int) -> bytes:
     global _id_ms, _id_head, _id_next
     if unix_ms != _id_ms:
         h, r = f"{unix_ms:012x}", _random_bits(72)
@@ -150,7 +146,7 @@ def encode(msg: Message, seq: int, meta: dict[str, Any]) -> bytes:
         last, payload = b'"payload":', payload + b"}"  # verbatim: the publisher's own JSON text, last
     else:
         last, payload = b"", orjson.dumps(_payload_fields(msg))[1:]
-    return _LINE % (VERSION, seq, _next_id(msg.received_ns // 1_000_000), iso_utc(msg.received_ns).encode(),
+    return _LINE % (VERSION, seq, uuid7(msg.received_ns // 1_000_000), iso_utc(msg.received_ns).encode(),
                     _json_string(msg.topic), framing, orjson.dumps(meta), last, payload)
 
 

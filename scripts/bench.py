@@ -22,7 +22,7 @@ from pathlib import Path
 import bench_cli
 import bench_record
 import bench_search
-from benchlib import REPO, Daemon, build_log, machine, percentile, publisher, rss_peak_mb, start_broker, \
+from benchlib import REPO, Daemon, build_log, machine, percentile, publisher, memory_mb, start_broker, \
     wait_until_receiving
 
 from persist.daemon.control import ask
@@ -60,7 +60,7 @@ def latency(rate: int, seconds: float) -> dict:
         time.sleep(0.5)
         done.set()
         watcher.join()
-        rss = rss_peak_mb(daemon.proc.pid)
+        rss = memory_mb(daemon.proc.pid)
     finally:
         pub.close(linger=0)
         daemon.stop()

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import Daemon, machine, payloads, publisher, rss_peak_mb, start_broker, wait_until_receiving
+from benchlib import Daemon, machine, payloads, publisher, memory_mb, start_broker, wait_until_receiving
 
 BARE = r"""
 import sys, time, zmq
@@ -139,9 +139,9 @@ def run_persist(backend: str, pub, msgs: list[bytes], log_dir: Path, *args: str)
     while daemon.status()["recorded"] < base + n and time.time() < deadline:
         time.sleep(0.005)
     t_end = time.time()
-    rss = rss_peak_mb(daemon.proc.pid)
+    rss = memory_mb(daemon.proc.pid)
     time.sleep(2.5)
-    rss_after = rss_peak_mb(daemon.proc.pid, "VmRSS")  # a burst's memory is given back once recorded
+    rss_after = memory_mb(daemon.proc.pid, "VmRSS")  # a burst's memory is given back once recorded
     daemon.stop()
     records = daemon.records()
     seqs = [e.seq for e in records]

@@ -16,7 +16,7 @@ import zmq
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from procs import BIN, Daemon  # noqa: E402  (the harness the tests use)
+from procs import BIN, Daemon, memory_mb  # noqa: E402  (the harness the tests use)
 
 from persist.daemon.record import Message, encode  # noqa: E402
 from persist.daemon.store import LogDir, segment_name  # noqa: E402
@@ -116,12 +116,6 @@ def machine() -> str:
 def percentile(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
-
-
-def rss_peak_mb(pid: int, field: str = "VmHWM") -> float:
-    """Peak resident memory of ``pid`` (``field="VmRSS"``: now)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(field + r":\s+(\d+)", status).group(1)) / 1024
 
 
 def wait_until_receiving(daemon: Daemon, pub: zmq.Socket) -> None:

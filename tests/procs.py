@@ -163,6 +163,12 @@ class Publisher:
         self.sock.close()
 
 
+def memory_mb(pid: int, field: str = "VmHWM") -> float:
+    """Resident memory of ``pid`` in MB: its peak (``VmHWM``), or now (``VmRSS``)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split(field + ":")[1].split()[0]) / 1024
+
+
 def run(*args: str, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
     """Run one of our console scripts and capture its output."""
     return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True,

@@ -12,7 +12,7 @@ import time
 import orjson
 
 from persist.daemon import reader
-from procs import Daemon, Publisher, run, wait_for
+from procs import Daemon, Publisher, memory_mb, run, wait_for
 
 MIXED = [
     [b"agent.chat", b'{"sender":"claude_code","recipient":"gemini_cli","thread_id":"t-1","kind":"request","text":"review this"}'],
@@ -228,11 +228,6 @@ def test_rotation_by_age(recorder):
     daemon.stop()
     assert len(list(daemon.log.segments.iterdir())) >= 2, "segments older than rotate_age_s are closed"
     assert [e.seq for e in daemon.records()] == list(range(1, len(daemon.records()) + 1))
-
-
-def memory_mb(pid: int, field: str) -> float:
-    status = open(f"/proc/{pid}/status").read()
-    return int(status.split(field + ":")[1].split()[0]) / 1024
 
 
 def test_memory_a_burst_took_is_given_back(recorder):

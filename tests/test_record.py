@@ -87,7 +87,7 @@ def test_enrichers_cannot_spoil_the_checksum():
 def test_uuid7_shape_unique_and_in_record_order():
     import uuid
 
-    ordered = [uuid7(1_700_000_000_000) for _ in range(1000)] + [uuid7(1_700_000_000_001)]
+    ordered = [uuid7(1_700_000_000_000).decode() for _ in range(1000)] + [uuid7(1_700_000_000_001).decode()]
     assert len(set(ordered)) == 1001
     assert ordered[:1000] == sorted(ordered[:1000]), "ids of one millisecond count up"
     assert ordered[-1] > ordered[0], "a later millisecond sorts later"
