@@ -2,7 +2,10 @@
 
 Publishers connect to the frontend (default 5556), subscribers such as
 persist-daemon to the backend (default 5555). High-water marks are raised so a
-burst waits in memory instead of being dropped by the proxy.
+burst waits in memory, and the backend never drops (``XPUB_NODROP``): when a
+subscriber lags a full high-water mark behind, the proxy waits for it, and the
+wait reaches the publishers (whose ``Publisher.send`` waits, then raises)
+instead of a message being lost.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def run_proxy(frontend: str, backend: str, stop: StopOnSignal) -> None:
         sock.setsockopt(zmq.SNDHWM, HWM)
         sock.setsockopt(zmq.RCVHWM, HWM)
         sock.setsockopt(zmq.LINGER, 0)
+    xpub.setsockopt(zmq.XPUB_NODROP, 1)
     try:
         xsub.bind(frontend)
         xpub.bind(backend)
@@ -49,7 +53,8 @@ def run_proxy(frontend: str, backend: str, stop: StopOnSignal) -> None:
         pass
     control.send(b"TERMINATE")
     thread.join(timeout=2)
-    ctx.destroy(linger=0)
+    if not thread.is_alive():  # a proxy still waiting on a stalled subscriber keeps its sockets; exit frees them
+        ctx.destroy(linger=0)
 
 
 @click.command()

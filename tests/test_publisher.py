@@ -1,0 +1,69 @@
+"""The publisher helper as an agent uses it: a real agent process, a broker that stalls, a daemon."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+
+AGENT = """
+import sys
+from persist.daemon.publisher import Publisher, Undelivered
+frontend, log_dir, count, close_timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+p = Publisher("burst-agent", frontend, log_dir=log_dir, close_timeout=close_timeout)
+p.send("agent.burst", {"i": 0})
+p.flush(30)
+print("flushed", flush=True)
+sys.stdin.readline()  # the test stalls the broker (or not), then says go
+for i in range(1, count):
+    p.send("agent.burst", {"i": i})
+try:
+    p.close()
+except Undelivered as exc:
+    print("undelivered", exc.count, flush=True)
+    sys.exit(3)
+print("delivered", flush=True)
+"""
+
+
+def start_agent(broker, log_dir, count: int, close_timeout: float) -> subprocess.Popen:
+    agent = subprocess.Popen([sys.executable, "-c", AGENT, broker.frontend, str(log_dir), str(count), str(close_timeout)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert agent.stdout.readline() == "flushed\n"
+    return agent
+
+
+def burst_values(daemon) -> list[int]:
+    return [e.rec["payload"]["i"] for e in daemon.user_records() if e.rec["topic"] == "agent.burst"]
+
+
+def test_an_agent_that_exits_right_after_a_burst_into_a_stalled_broker_loses_nothing(start_daemon, broker, log_dir):
+    daemon = start_daemon()
+    agent = start_agent(broker, log_dir, 20_001, close_timeout=60)
+    broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        agent.stdin.write("go\n")
+        agent.stdin.flush()
+        time.sleep(1.5)
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+    out, _ = agent.communicate(timeout=90)
+    assert (agent.returncode, out) == (0, "delivered\n")
+    assert sorted(burst_values(daemon)) == list(range(20_001)), "every message the agent sent is in the log, once"
+    assert daemon.stop() == 0, daemon.errors()[-3000:]
+
+
+def test_close_raises_with_the_exact_count_it_could_not_deliver(start_daemon, broker, log_dir):
+    daemon = start_daemon()
+    agent = start_agent(broker, log_dir, 501, close_timeout=1.0)
+    broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        agent.stdin.write("go\n")
+        agent.stdin.flush()
+        out, _ = agent.communicate(timeout=60)
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+    assert (agent.returncode, out) == (3, "undelivered 500\n"), "close() names the 500 sent while the broker was stopped"
+    assert daemon.stop() == 0, daemon.errors()[-3000:]
