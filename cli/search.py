@@ -36,6 +36,10 @@ def open_index(log):
     return db
 
 
+replays_option = click.option("--include-replays", is_flag=True,
+                              help="Also show messages `persist-cli replay` put back on the bus (meta.replay_of).")
+
+
 @click.command("search")
 @click.argument("query")
 @click.option("--sender")
@@ -45,12 +49,14 @@ def open_index(log):
 @click.option("--since", help="ISO time or a duration ago (15m, 2h, 3d).")
 @click.option("--until")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@replays_option
 @with_log_dir
 @json_option
-def search_cmd(cfg, log, query, sender, topic, thread_id, kind, since, until, limit, as_json) -> None:
+def search_cmd(cfg, log, query, sender, topic, thread_id, kind, since, until, limit, include_replays, as_json) -> None:
     """Full-text search: words, "phrases", prefix*, AND/OR/NOT; best match first."""
     db = open_index(require_log(log))
-    filters = Filters(sender, topic, thread_id, kind, parse_when(since, "--since"), parse_when(until, "--until"))
+    filters = Filters(sender, topic, thread_id, kind, parse_when(since, "--since"), parse_when(until, "--until"),
+                      include_replays)
     try:
         hits = search(db, query, filters, limit, HIGHLIGHT if sys.stdout.isatty() else ("", ""))
     except SearchIndexError as exc:
@@ -72,14 +78,16 @@ def search_cmd(cfg, log, query, sender, topic, thread_id, kind, since, until, li
 @click.option("--format", "fmt", type=click.Choice(render.FORMATS), default="markdown", show_default=True)
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Keep the newest turns that fit this budget.")
 @click.option("--list", "list_", is_flag=True, help="List threads instead (same as `threads`).")
+@replays_option
 @with_log_dir
 @click.pass_context
-def thread_cmd(ctx, cfg, log, thread_id, fmt, max_tokens, list_) -> None:
+def thread_cmd(ctx, cfg, log, thread_id, fmt, max_tokens, list_, include_replays) -> None:
     """One conversation, across every tool and agent, in recorded order."""
     if list_ or thread_id is None:
-        return ctx.invoke(threads_cmd, log_dir=str(log.root), config_path=cfg.source, limit=100, as_json=fmt == "json")
+        return ctx.invoke(threads_cmd, log_dir=str(log.root), config_path=cfg.source, limit=100,
+                          include_replays=include_replays, as_json=fmt == "json")
     db = open_index(require_log(log))
-    entries = list(index.entries(log, thread_rows(db, thread_id)))
+    entries = list(index.entries(log, thread_rows(db, thread_id, include_replays)))
     if not entries:
         close = close_threads(db, thread_id)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see persist-cli threads"
@@ -105,11 +113,12 @@ def thread_cmd(ctx, cfg, log, thread_id, fmt, max_tokens, list_) -> None:
 
 @click.command("threads")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@replays_option
 @with_log_dir
 @json_option
-def threads_cmd(cfg, log, limit, as_json) -> None:
+def threads_cmd(cfg, log, limit, include_replays, as_json) -> None:
     """Threads, most recently active first: first and last time, turns, participants."""
-    items = threads(open_index(require_log(log)), limit)
+    items = threads(open_index(require_log(log)), limit, include_replays)
     if as_json:
         return json_lines(items)
     table(["thread", "turns", "first", "last", "participants"],
@@ -148,16 +157,21 @@ def rebuild(cfg, log) -> None:
 
 
 def take_indexer_lock(log) -> int:
-    """Hold ``indexer.lock``; a running indexer is asked to stop (the daemon restarts it later)."""
+    """Hold ``indexer.lock``; a running indexer is asked to stop (the daemon restarts it later).
+
+    Only a process that really holds the lock and is a persist indexer is
+    signalled: the pid in the file may be stale and reused by anything.
+    """
     path = index.index_dir(log) / "indexer.lock"
     deadline = time.monotonic() + 15
     asked = False
     while (fd := index.try_indexer_lock(log)) is None:
-        pid = int(path.read_text().strip() or 0)
+        pid = index.indexer_pid(log)
         if pid and not asked:
             os.kill(pid, signal.SIGTERM)
             asked = True
         if time.monotonic() > deadline:
-            raise Failure(f"the indexer (pid {pid}) did not stop; try again")
+            raise Failure(f"{path} is held by {'the indexer (pid %d)' % pid if pid else 'another process'} "
+                          "and was not released within 15 s; try again")
         time.sleep(0.05)
     return fd

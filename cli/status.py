@@ -157,7 +157,7 @@ class Tally:
         return {"records": sum(self.topics.values()), "rate_last_minute": len(self.times) / 60,
                 "topics": dict(self.topics.most_common()), "senders": dict(self.senders.most_common()),
                 "checkpoints": [{k: m[k] for k in ("id", "reason", "created_at", "last_seq")}
-                                for m in checkpoints.listing(log)]}
+                                for m in checkpoints.readable(log)]}
 
 
 @click.command()

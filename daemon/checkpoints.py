@@ -22,17 +22,19 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
+import structlog
 
 from persist.daemon import reader, retention
 from persist.daemon.errors import CheckpointError
 from persist.daemon.fsutil import ensure_dir, fsync_dir, write_atomically
 from persist.daemon.record import iso_utc
-from persist.daemon.store import LogDir, last_newline, segment_name
+from persist.daemon.store import LogDir, last_newline, segment_name  # noqa: F401 - the loop names segments through here
 
 READ = 4 << 20
+log_ = structlog.get_logger("persist.checkpoints")
 
 
 @dataclass
@@ -46,21 +48,14 @@ class Cut:
 def cut_from_files(log: LogDir) -> Cut:
     """The cut a checkpoint taken now would name (for use without a running daemon)."""
     segments = []
-    last_seq = 0
-    for path in log.segment_files():
-        first = reader.first_record(path)
-        if first is None:
+    for seg in reader.segments(log):
+        f = reader.open_segment(log, seg.name)
+        if f is None:
             continue
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            size = last_newline(fd, os.fstat(fd).st_size)
-        finally:
-            os.close(fd)
-        segments.append((segment_name(first.seq), path, size))
+        with f:
+            segments.append((seg.name, seg.path, last_newline(f.fileno(), os.fstat(f.fileno()).st_size)))
     last = reader.last_record(log)
-    if last is not None:
-        last_seq = last.seq
-    return Cut(last_seq, segments)
+    return Cut(last.seq if last is not None else 0, segments)
 
 
 class Hasher:
@@ -111,7 +106,9 @@ def load(path: Path) -> dict[str, Any]:
         manifest = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
         raise CheckpointError(f"checkpoint manifest {path} cannot be read: {exc}") from None
-    if not isinstance(manifest, dict) or "id" not in manifest:
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("id"), str)
+            and isinstance(manifest.get("last_seq"), int) and isinstance(manifest.get("segments"), list)
+            and all(isinstance(s, dict) and {"name", "bytes", "sha256"} <= s.keys() for s in manifest["segments"])):
         raise CheckpointError(f"checkpoint manifest {path} is not a persist checkpoint")
     return manifest
 
@@ -129,17 +126,27 @@ def listing(log: LogDir, problems: list[str] | None = None) -> list[dict[str, An
             if problems is None:
                 raise
             problems.append(str(exc))
-    return sorted(found, key=lambda m: (m.get("created_at", ""), m["id"]))
+    return sorted(found, key=lambda m: (str(m.get("created_at", "")), m["id"]))
+
+
+def readable(log: LogDir) -> list[dict[str, Any]]:
+    """Every checkpoint that can be read, oldest first; each one that cannot is logged and skipped."""
+    problems: list[str] = []
+    items = listing(log, problems)
+    for problem in problems:
+        log_.warning("checkpoint_skipped", problem=problem, hint="persist-cli verify lists it; move the file away")
+    return items
 
 
 def latest(log: LogDir) -> dict[str, Any] | None:
-    items = listing(log)
+    """The newest readable checkpoint (an unreadable manifest never stops the daemon)."""
+    items = readable(log)
     return items[-1] if items else None
 
 
 def find(log: LogDir, ident: str) -> dict[str, Any]:
     """The checkpoint ``ident`` (or a unique prefix, or ``latest``), else a helpful error."""
-    items = listing(log)
+    items = readable(log)
     if ident == "latest" and items:
         return items[-1]
     exact = [m for m in items if m["id"] == ident or m.get("label") == ident]
@@ -195,24 +202,13 @@ def write(log: LogDir, cut: Cut, hasher: Hasher, reason: str, label: str | None 
 
 def prune(log: LogDir, keep: int) -> list[str]:
     """Delete the oldest automatic checkpoints beyond ``keep``; labelled ones stay forever."""
-    automatic = [m for m in listing(log) if not m.get("label")]
+    automatic = [m for m in readable(log) if not m.get("label")]
     doomed = automatic[: max(0, len(automatic) - keep)]
     for m in doomed:
         (log.checkpoints / f"{m['id']}.json").unlink(missing_ok=True)
     if doomed:
         fsync_dir(log.checkpoints)
     return [m["id"] for m in doomed]
-
-
-def segment_path(log: LogDir, name: str) -> Path | None:
-    """Where the segment ``name`` lives now: closed in segments/, or still active."""
-    closed = log.segments / name
-    if closed.exists():
-        return closed
-    active = reader.first_record(log.active)
-    if active is not None and segment_name(active.seq) == name:
-        return log.active
-    return None
 
 
 def verify(log: LogDir) -> list[str]:
@@ -231,12 +227,13 @@ def verify(log: LogDir) -> list[str]:
             wanted.setdefault(seg["name"], set()).add(seg["bytes"])
     actual: dict[tuple[str, int], str] = {}
     for name, lengths in wanted.items():
-        path = segment_path(log, name)
-        if path is None:
+        f = reader.open_segment(log, name)
+        if f is None:
             if retention.deleted(log, name) is None:  # a tombstone means storage.retention deleted it
                 problems.append(f"segment {name} named by a checkpoint is missing")
             continue
-        actual.update(_prefix_hashes(name, path, sorted(lengths)))
+        with f:
+            actual.update(_prefix_hashes(name, f, sorted(lengths)))
     for m in items:
         for seg in m["segments"]:
             got = actual.get((seg["name"], seg["bytes"]))
@@ -245,20 +242,19 @@ def verify(log: LogDir) -> list[str]:
     return problems
 
 
-def _prefix_hashes(name: str, path: Path, lengths: list[int]) -> dict[tuple[str, int], str]:
-    """SHA-256 of each prefix length of one file, in a single pass."""
+def _prefix_hashes(name: str, f: BinaryIO, lengths: list[int]) -> dict[tuple[str, int], str]:
+    """SHA-256 of each prefix length of one open file, in a single pass."""
     out = {}
     h = hashlib.sha256()
     done = 0
-    with open(path, "rb") as f:
-        for n in lengths:
-            while done < n:
-                chunk = f.read(min(READ, n - done))
-                if not chunk:
-                    break
-                h.update(chunk)
-                done += len(chunk)
-            out[(name, n)] = h.hexdigest() if done == n else "truncated"
+    for n in lengths:
+        while done < n:
+            chunk = f.read(min(READ, n - done))
+            if not chunk:
+                break
+            h.update(chunk)
+            done += len(chunk)
+        out[(name, n)] = h.hexdigest() if done == n else "truncated"
     return out
 
 

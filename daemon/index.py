@@ -18,19 +18,19 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
+import structlog
 
 from persist.daemon import reader, retention
 from persist.daemon.errors import SearchIndexError
 from persist.daemon.render import payload_text
-from persist.daemon.store import LogDir, segment_name
+from persist.daemon.store import LogDir
 
 SCHEMA = """
 PRAGMA journal_mode=WAL;
 CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY, received_at TEXT NOT NULL, topic TEXT NOT NULL,
     sender TEXT, recipient TEXT, thread_id TEXT, kind TEXT, tags TEXT, tokens INTEGER,
-    segment TEXT NOT NULL, offset INTEGER NOT NULL);
+    segment TEXT NOT NULL, offset INTEGER NOT NULL, replay_of INTEGER);
 CREATE INDEX IF NOT EXISTS records_thread ON records(thread_id, seq);
 CREATE INDEX IF NOT EXISTS records_time ON records(received_at);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
@@ -38,6 +38,10 @@ CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value);
 """
 FIELDS = ("sender", "recipient", "thread_id", "kind")
+COLUMNS = "seq, received_at, topic, sender, recipient, thread_id, kind, tags, tokens, segment, offset, replay_of"
+INT64 = range(-(2**63), 2**63)
+MAX_TEXT = 16 << 20  # characters of one record's text that are searchable (SQLite refuses a value over 1 GB)
+log = structlog.get_logger("persist.index")
 
 
 def index_dir(log: LogDir) -> Path:
@@ -60,61 +64,109 @@ def try_indexer_lock(log: LogDir) -> int | None:
         return None
 
 
+def indexer_pid(log: LogDir) -> int | None:
+    """The pid of the persist indexer holding ``indexer.lock`` now, or None.
+
+    The pid in the file is believed only if that process holds an flock on
+    the file (``/proc/locks``) and runs ``persist.daemon.indexer``: a stale
+    pid reused by an unrelated process is never named.
+    """
+    path = index_dir(log) / "indexer.lock"
+    try:
+        pid = int(path.read_text().strip() or 0)
+        inode = path.stat().st_ino
+        holders = Path("/proc/locks").read_text().splitlines()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if pid > 0 else b""
+    except (OSError, ValueError):
+        return None
+    held = any(f[1] == "FLOCK" and f[4] == str(pid) and f[5].rsplit(":", 1)[-1] == str(inode)
+               for f in (line.split() for line in holders) if len(f) > 5)
+    return pid if held and b"persist.daemon.indexer" in cmdline else None
+
+
 def connect(path: Path, create: bool = True) -> sqlite3.Connection:
+    """Open (creating or upgrading) the index; it and its ``-wal``/``-shm`` files are 0600 (they hold message text)."""
     if not create and not path.exists():
         raise SearchIndexError(f"no search index at {path}; run persist-cli index rebuild (the daemon keeps it current)")
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=30, isolation_level=None)
-    db.execute("PRAGMA busy_timeout=30000")
-    db.executescript(SCHEMA)  # idempotent; also completes a file an indexer has only just created
-    if create:
-        os.chmod(path, 0o600)
+    old_umask = os.umask(0o077)
+    try:
+        db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=30000")
+        db.executescript(SCHEMA)  # idempotent; also completes a file an indexer has only just created
+        if "replay_of" not in {row[1] for row in db.execute("PRAGMA table_info(records)")}:
+            db.execute("ALTER TABLE records ADD COLUMN replay_of INTEGER")  # an index made before replays were marked
+    finally:
+        os.umask(old_umask)
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if p.exists() and p.stat().st_mode & 0o077:
+            os.chmod(p, 0o600)
     return db
 
 
-def searchable_text(rec: dict[str, Any]) -> tuple[str, str]:
-    """``(text, fields)``: the message's main text, and every other string in its payload."""
-    text = payload_text(rec)
+def searchable_text(rec: dict[str, Any], line: bytes | None = None) -> tuple[str, str]:
+    """``(text, fields)``: the message's main text, and every other string in its payload.
+
+    Walks the payload without recursion: a payload nested as deep as the
+    parser accepts is indexed like any other.
+    """
+    text = payload_text(rec, line)
     out: list[str] = []
-
-    def walk(v: Any) -> None:
-        if isinstance(v, str):
-            if v != text:
-                out.append(v)
-        elif isinstance(v, dict):
-            for x in v.values():
-                walk(x)
-        elif isinstance(v, list):
-            for x in v:
-                walk(x)
-
     if isinstance(rec.get("payload"), (dict, list)) and text != "" and not text.startswith(("{", "[")):
-        walk(rec["payload"])
-    return text, "\n".join(out)
+        stack = [rec["payload"]]
+        while stack:
+            v = stack.pop()
+            if isinstance(v, str):
+                if v != text:
+                    out.append(v)
+            elif isinstance(v, dict):
+                stack.extend(reversed(list(v.values())))
+            elif isinstance(v, list):
+                stack.extend(reversed(v))
+    return text[:MAX_TEXT], "\n".join(out)[:MAX_TEXT]
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value in INT64 else None
 
 
 def _row(rec: dict[str, Any], segment: str, offset: int) -> tuple:
-    meta = rec.get("meta", {})
-    tags = " ".join(map(str, meta.get("tags", []))) if isinstance(meta.get("tags"), list) else None
+    meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+    tags = " ".join(map(str, meta["tags"])) if isinstance(meta.get("tags"), list) else None
     values = [None if meta.get(k) is None else str(meta[k]) for k in FIELDS]
-    return (rec["seq"], rec["received_at"], rec["topic"], *values, tags, meta.get("tokens"), segment, offset)
+    return (rec["seq"], str(rec.get("received_at", "")), str(rec.get("topic", "")), *values, tags,
+            _int(meta.get("tokens")), segment, offset, _int(meta.get("replay_of")))
 
 
-def add(db: sqlite3.Connection, batch: list[tuple[dict[str, Any], str, int]]) -> None:
-    """Index ``(record, segment, offset)`` rows and move the resume point past them, atomically."""
+def _fts(rec: dict[str, Any], line: bytes | None, row: tuple) -> tuple:
+    return (row[0], *searchable_text(rec, line), row[3], row[4], row[2], row[5], row[6], row[7])
+
+
+def _indexable(rec: dict[str, Any], line: bytes | None, segment: str, offset: int) -> tuple[tuple, tuple]:
+    """The record's row and its text; a record that defeats extraction is indexed with its seq and place only."""
+    try:
+        row = _row(rec, segment, offset)
+        return row, _fts(rec, line, row)
+    except Exception as exc:  # noqa: BLE001 - one hostile record must never stop indexing
+        log.warning("record_indexed_partly", seq=rec["seq"], segment=segment, error=repr(exc)[:200])
+        row = (rec["seq"], "", "", None, None, None, None, None, None, segment, offset, None)
+        return row, (rec["seq"], "", "", None, None, "", None, None, None)
+
+
+def add(db: sqlite3.Connection, batch: list[tuple[dict[str, Any], str, int, bytes]]) -> None:
+    """Index ``(record, segment, end offset, line)`` items and move the resume point past them, atomically."""
     if not batch:
         return
-    rows = [_row(rec, seg, off) for rec, seg, off in batch]
+    pairs = [_indexable(rec, line, seg, off) for rec, seg, off, line in batch]
     db.execute("BEGIN IMMEDIATE")
     try:
-        db.executemany("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
-        db.executemany("DELETE FROM fts WHERE rowid = ?", [(r[0],) for r in rows])
+        db.executemany(f"INSERT OR REPLACE INTO records ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                       [row for row, _ in pairs])
+        db.executemany("DELETE FROM fts WHERE rowid = ?", [(row[0],) for row, _ in pairs])
         db.executemany(
             "INSERT INTO fts(rowid, text, fields, sender, recipient, topic, thread_id, kind, tags) "
-            "VALUES (?,?,?,?,?,?,?,?,?)",
-            [(r[0], *searchable_text(rec), r[3], r[4], r[2], r[5], r[6], r[7]) for r, (rec, _, _) in zip(rows, batch)],
-        )
-        rec, seg, off = batch[-1]
+            "VALUES (?,?,?,?,?,?,?,?,?)", [fts for _, fts in pairs])
+        rec, seg, off, _ = batch[-1]
         db.executemany("INSERT OR REPLACE INTO state VALUES (?, ?)",
                        [("last_seq", rec["seq"]), ("segment", seg), ("offset", off)])
         db.execute("COMMIT")
@@ -130,28 +182,16 @@ def position(db: sqlite3.Connection) -> tuple[int, str | None, int]:
 
 def stable_segments(log: LogDir) -> list[tuple[str, Path]]:
     """``(segment name, path)`` in order; the active segment under the name it will rotate to."""
-    found = [(p.name, p) for p in sorted(log.segments.glob("*.jsonl"))] if log.segments.is_dir() else []
-    first = reader.first_record(log.active)
-    if first is not None:
-        found.append((segment_name(first.seq), log.active))
-    return found
+    return [(seg.name, seg.path) for seg in reader.segments(log)]
 
 
-def pending(log: LogDir, db: sqlite3.Connection) -> Iterator[tuple[dict[str, Any], str, int]]:
-    """Records written since the index's resume point, with where they live."""
+def pending(log: LogDir, db: sqlite3.Connection) -> Iterator[tuple[dict[str, Any], str, int, bytes]]:
+    """Records written since the index's resume point: ``(record, segment, end offset, line)``."""
     last_seq, seg, offset = position(db)
-    segments = stable_segments(log)
-    names = [name for name, _ in segments]
-    start = names.index(seg) if seg in names else 0
-    for i, (name, path) in enumerate(segments[start:]):
-        begin = offset if (i == 0 and seg == name) else 0
-        for off, line in reader.lines_forward(path, begin):
-            try:
-                rec = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and rec.get("seq", 0) > last_seq:
-                yield rec, name, off + len(line)
+    for line in reader.lines(log, (seg, offset), after_seq=last_seq):
+        e = reader.entry(line.data, line.path)
+        if e is not None and e.seq > last_seq:
+            yield e.rec, line.segment, line.end, line.data
 
 
 def catch_up(log: LogDir, db: sqlite3.Connection, progress: Callable[[str, int], None] | None = None,
@@ -192,15 +232,13 @@ def forget_deleted(log: LogDir, db: sqlite3.Connection) -> int:
     return removed
 
 
-def line_at(log: LogDir, segment: str, end_offset: int, cache: dict[str, Path]) -> bytes | None:
-    """The exact record line ending at ``end_offset`` of segment ``segment`` (None if it was deleted)."""
-    if segment not in cache:
-        cache.update(dict(stable_segments(log)))
-    path = cache.get(segment)
-    if path is None:
+def line_at(log: LogDir, segment: str, end_offset: int) -> bytes | None:
+    """The exact record line ending at ``end_offset`` of segment ``segment``, active or rotated (None if deleted)."""
+    f = reader.open_segment(log, segment)
+    if f is None:
         return None
     start = max(0, end_offset - (1 << 16))
-    with open(path, "rb") as f:
+    with f:
         while True:
             f.seek(start)
             data = f.read(end_offset - start)
@@ -212,8 +250,7 @@ def line_at(log: LogDir, segment: str, end_offset: int, cache: dict[str, Path]) 
 
 def entries(log: LogDir, rows: Iterable[tuple[str, int]]) -> Iterator[reader.Entry]:
     """The records for ``(segment, offset)`` rows, read from the JSONL itself."""
-    cache: dict[str, Path] = {}
     for segment, offset in rows:
-        line = line_at(log, segment, offset, cache)
-        if line is not None:  # else storage.retention deleted it since it was indexed
-            yield reader.Entry(orjson.loads(line), line, cache[segment])
+        line = line_at(log, segment, offset)
+        if line is not None and (e := reader.entry(line, log.segments / segment)) is not None:
+            yield e  # else storage.retention deleted it since it was indexed

@@ -12,15 +12,20 @@ from typing import Any
 import orjson
 
 from persist.daemon.reader import Entry
+from persist.daemon.record import decode_frames
 
 TEXT_FIELDS = ("text", "content", "message", "body", "prompt", "response", "result")
 FORMATS = ("markdown", "prompt", "json")
 
 
-def payload_text(rec: dict[str, Any]) -> str:
-    """The human-readable content of a record's payload."""
+def payload_text(rec: dict[str, Any], line: bytes | None = None) -> str:
+    """The human-readable content of a record's payload; never raises.
+
+    A payload too deeply nested to re-serialise is shown as the exact text
+    the publisher sent (taken from ``line``), or a note when there is no line.
+    """
     if "payload_b64" in rec:
-        return f"<{rec['meta'].get('bytes', '?')} bytes of binary>"
+        return f"<{rec.get('meta', {}).get('bytes', '?')} bytes of binary>"
     payload = rec.get("payload", rec.get("payload_text", ""))
     if isinstance(payload, dict):
         for name in TEXT_FIELDS:
@@ -28,7 +33,23 @@ def payload_text(rec: dict[str, Any]) -> str:
                 return payload[name]
     if isinstance(payload, str):
         return payload
-    return orjson.dumps(payload).decode()
+    if isinstance(rec.get("payload_text"), str):
+        return rec["payload_text"]
+    try:
+        return orjson.dumps(payload).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return exact_payload(rec, line)
+
+
+def exact_payload(rec: dict[str, Any], line: bytes | None) -> str:
+    """The payload frame as the publisher sent it, as text."""
+    try:
+        frames = decode_frames(line, rec) if line is not None else []
+    except (KeyError, TypeError, ValueError):
+        frames = []
+    if not frames:
+        return f"<a payload of {rec.get('meta', {}).get('bytes', '?')} bytes, nested too deeply to show>"
+    return frames[0 if rec.get("frames") == 1 else 1].decode("utf-8", "replace")
 
 
 def speaker(rec: dict[str, Any]) -> str:
@@ -53,8 +74,8 @@ def lines(entries: Iterable[Entry], fmt: str) -> Iterator[str]:
             kind = e.rec.get("meta", {}).get("kind")
             tail = f" · {kind}" if kind and kind != "other" else ""
             yield f"### {speaker(e.rec)} · {e.rec['received_at']} · `{e.rec['topic']}`{tail}\n"
-            yield payload_text(e.rec) + "\n"
+            yield payload_text(e.rec, e.line) + "\n"
         return
     yield "Conversation so far (oldest first):"
     for e in entries:
-        yield f"[{e.rec['received_at'][:19]}] {speaker(e.rec)}: {payload_text(e.rec)}"
+        yield f"[{e.rec['received_at'][:19]}] {speaker(e.rec)}: {payload_text(e.rec, e.line)}"

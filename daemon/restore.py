@@ -68,7 +68,7 @@ def _copy_prefix(src: Path, dst: Path, nbytes: int, progress: Progress | None) -
 
 
 def _ancestry(log: LogDir, manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    by_id = {m["id"]: m for m in checkpoints.listing(log)}
+    by_id = {m["id"]: m for m in checkpoints.readable(log)}
     chain = [manifest]
     while chain[-1].get("prev") in by_id:
         chain.append(by_id[chain[-1]["prev"]])

@@ -28,6 +28,7 @@ class Filters:
     kind: str | None = None
     since: str | None = None  # ISO UTC, compared with received_at
     until: str | None = None
+    include_replays: bool = False  # records `persist-cli replay` put back on the bus (meta.replay_of)
 
     def where(self) -> tuple[str, list[Any]]:
         clauses, args = [], []
@@ -44,6 +45,8 @@ class Filters:
         if self.until is not None:
             clauses.append("r.received_at <= ?")
             args.append(self.until)
+        if not self.include_replays:
+            clauses.append("r.replay_of IS NULL")
         return "".join(f" AND {c}" for c in clauses), args
 
 
@@ -51,8 +54,8 @@ def search(db: sqlite3.Connection, query: str, filters: Filters, limit: int = 20
            highlight: tuple[str, str] = ("", "")) -> list[dict[str, Any]]:
     """Hits ranked by relevance (bm25), newest first among equals, each with a snippet."""
     where, args = filters.where()
-    if not args:
-        where = (" AND fts.rowid >= (SELECT min(rowid) FROM "
+    if not args:  # no filter narrows the matches: rank the newest RANK_WINDOW of them
+        where += (" AND fts.rowid >= (SELECT min(rowid) FROM "
                  "(SELECT rowid FROM fts WHERE fts MATCH ? ORDER BY rowid DESC LIMIT ?))")
         args = [query, RANK_WINDOW]
     sql = (
@@ -70,16 +73,22 @@ def search(db: sqlite3.Connection, query: str, filters: Filters, limit: int = 20
     return [{"seq": s, "segment": seg, "offset": off, "snippet": snip, "rank": rank} for s, seg, off, snip, rank in rows]
 
 
-def thread_rows(db: sqlite3.Connection, thread_id: str) -> list[tuple[str, int]]:
-    """Where each record of one thread lives, in recorded order."""
-    return db.execute("SELECT segment, offset FROM records WHERE thread_id = ? ORDER BY seq", (thread_id,)).fetchall()
+def _replays(include: bool) -> str:
+    return "" if include else " AND replay_of IS NULL"
 
 
-def threads(db: sqlite3.Connection, limit: int = 100) -> list[dict[str, Any]]:
+def thread_rows(db: sqlite3.Connection, thread_id: str, include_replays: bool = False) -> list[tuple[str, int]]:
+    """Where each record of one thread lives, in recorded order (replays only if asked)."""
+    return db.execute(f"SELECT segment, offset FROM records WHERE thread_id = ?{_replays(include_replays)} "
+                      "ORDER BY seq", (thread_id,)).fetchall()
+
+
+def threads(db: sqlite3.Connection, limit: int = 100, include_replays: bool = False) -> list[dict[str, Any]]:
     """Threads, most recently active first, with first/last time, turns and participants."""
     rows = db.execute(
         "SELECT thread_id, min(received_at), max(received_at), count(*), group_concat(DISTINCT sender) "
-        "FROM records WHERE thread_id IS NOT NULL GROUP BY thread_id ORDER BY max(seq) DESC LIMIT ?", (limit,)
+        f"FROM records WHERE thread_id IS NOT NULL{_replays(include_replays)} "
+        "GROUP BY thread_id ORDER BY max(seq) DESC LIMIT ?", (limit,)
     ).fetchall()
     return [{"thread_id": t, "first_at": a, "last_at": b, "turns": n, "participants": sorted((p or "").split(",") if p else [])}
             for t, a, b, n, p in rows]
