@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from persist.daemon.fsutil import ensure_dir, write_atomically
+from persist.daemon.fsutil import ensure_dir, read_private, write_atomically
 from persist.daemon.record import iso_utc
 from persist.daemon.store import LogDir
 from persist.daemon.watch import watch
@@ -75,7 +75,7 @@ class Presence:
                 changes.append(Change("left", {**self.known.pop(name), "reason": "released"}))
             for name in present.keys() - self.known.keys():
                 try:
-                    info = orjson.loads(present[name].read_bytes())
+                    info = orjson.loads(read_private(present[name]))
                 except (OSError, orjson.JSONDecodeError):
                     continue  # being replaced; the next event brings it
                 self.known[name] = info

@@ -1,16 +1,68 @@
-"""Crash-safe file primitives: private modes, directory fsync, atomic replace.
+"""Crash-safe, private file primitives: modes, ownership, directory fsync, atomic replace.
 
 Everything persist replaces (pid files, manifests, quarantined bytes) goes
 through ``write_atomically``: temp file, fsync, rename, fsync the directory.
+Files in a log dir are opened with ``open_private`` (0600, never through a
+symlink) and a log dir is used only once ``check_owned`` finds every entry
+in it belongs to this user: nobody else can make persist write elsewhere.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+
+
+class NotOurs(PermissionError):
+    """A path in the log dir is a symlink or belongs to another user: persist will not use it."""
+
+
+def open_private(path: Path, flags: int) -> int:
+    """``os.open`` for a file in a log dir: created 0600, never through a symlink (``NotOurs``)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotOurs(f"{path} is a symbolic link; persist never opens one in a log dir: "
+                          "remove it (and find out who put it there)") from None
+        raise
+
+
+def read_private(path: Path) -> bytes:
+    """The bytes of ``path``, not followed if it is a symlink."""
+    with os.fdopen(open_private(path, os.O_RDONLY), "rb") as f:
+        return f.read()
+
+
+def check_owned(root: Path) -> None:
+    """Raise ``NotOurs`` unless ``root`` and everything under it belong to this user, with no symlinks.
+
+    ``root`` itself may be reached through a symlink (the user chose it);
+    nothing inside it may be one.
+    """
+    me = os.geteuid()
+    _check_entry(root, os.stat(root), me)
+    for parent, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(parent) / name
+            try:
+                _check_entry(path, os.lstat(path), me)
+            except FileNotFoundError:
+                pass  # removed while we looked (a pruned checkpoint, a replaced temp file)
+
+
+def _check_entry(path: Path, st: os.stat_result, me: int) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise NotOurs(f"{path} is a symbolic link; persist never opens one in a log dir: "
+                      "remove it (and find out who put it there)")
+    if st.st_uid != me:
+        raise NotOurs(f"{path} belongs to uid {st.st_uid}, not to this user (uid {me}): "
+                      "chown it to this user or choose another --log-dir")
 
 
 def ensure_dir(path: Path) -> Path:
@@ -31,7 +83,8 @@ def fsync_dir(path: Path) -> None:
 def write_atomically(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data``: a reader sees the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    tmp.unlink(missing_ok=True)  # left by a crash: a new file, never one found there, gets the data
+    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         view = memoryview(data)
         while view:

@@ -82,7 +82,7 @@ class IndexerProcess:
 
     def start(self) -> None:
         index.index_dir(self.log_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-        out = open(index.index_dir(self.log_dir) / "indexer.log", "ab")
+        out = os.fdopen(os.open(index.index_dir(self.log_dir) / "indexer.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600), "ab")
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "persist.daemon.indexer", "--log-dir", str(self.log_dir.root),

@@ -21,7 +21,7 @@ from pathlib import Path
 from persist.daemon import agents, config, lock
 from persist.daemon.control import ask
 from persist.daemon.errors import ControlError
-from persist.daemon.fsutil import ensure_dir
+from persist.daemon.fsutil import NotOurs, open_private, read_private
 from persist.daemon.store import LogDir
 
 START_TIMEOUT = 15.0
@@ -64,9 +64,9 @@ def _answers(log: LogDir) -> dict | None:
 
 def _log_tail(path: Path, lines: int = 15) -> str:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no daemon.log)"
+        return "\n".join(read_private(path).decode(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(cannot read {path})"
 
 
 def _spawn(log: LogDir, config_path: str | None, connect: list[str] | None) -> subprocess.Popen:
@@ -75,12 +75,12 @@ def _spawn(log: LogDir, config_path: str | None, connect: list[str] | None) -> s
         args += ["--config", config_path]
     for endpoint in connect or []:
         args += ["--connect", endpoint]
-    out = open(log.root / "daemon.log", "ab")
+    out = open_private(log.root / "daemon.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True, close_fds=True)
     finally:
-        out.close()
+        os.close(out)
 
 
 def _wait_until_up(log: LogDir, proc: subprocess.Popen) -> None:
@@ -108,7 +108,10 @@ def ensure_daemon(log_dir: str | os.PathLike | None = None, connect: str | list[
         overrides["daemon"]["connect"] = list(endpoints)
     cfg = _load_config(config, overrides)
     log = LogDir(cfg.log_dir)
-    log.create()
+    try:
+        log.create()
+    except NotOurs as exc:
+        raise DaemonStartError(f"cannot start persist-daemon: {exc}") from None
     agent_file = agents.register(log, agent or Path(sys.argv[0] or "agent").name)
     try:
         started, pid = _ensure_running(log, cfg.source, endpoints)
@@ -126,7 +129,7 @@ def _load_config(path: str | None, overrides: dict) -> config.Config:
 
 
 def _ensure_running(log: LogDir, config_path: str | None, connect: list[str] | None) -> tuple[bool, int | None]:
-    fd = os.open(ensure_dir(log.root) / "launcher.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_private(log.root / "launcher.lock", os.O_RDWR | os.O_CREAT)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:

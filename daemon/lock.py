@@ -1,7 +1,9 @@
-"""One daemon per log directory: an ``flock`` on ``daemon.lock`` holding the owner's pid.
+"""One daemon per log directory: an ``flock`` on the directory itself; ``daemon.lock`` names the holder.
 
-The kernel drops the lock when its holder dies, however it dies, so a stale
-lock file never blocks a new daemon; the pid inside only names the holder.
+The lock is taken on the log dir (opened ``O_DIRECTORY``), not on a file in
+it, so deleting or replacing any file inside cannot let a second daemon in.
+The kernel drops the lock when its holder dies, however it dies, so nothing
+stale ever blocks a new daemon; ``daemon.lock`` only holds the holder's pid.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 
+from persist.daemon.fsutil import open_private, read_private
 from persist.daemon.store import LogDir
 
 
@@ -17,18 +20,26 @@ class AlreadyRunning(RuntimeError):
 
 
 def holder_pid(log: LogDir) -> int | None:
-    """The pid written by the process that holds (or last held) the lock."""
-    try:
-        return int(log.lock_file.read_text().strip() or 0) or None
-    except (FileNotFoundError, ValueError):
-        return None
+    """The pid noted by the process that holds (or last held) the lock (``daemon.lock``, else ``daemon.pid``)."""
+    for note in (log.lock_file, log.pid_file):
+        try:
+            pid = int(read_private(note).strip() or 0)
+        except (OSError, ValueError):
+            continue
+        if pid:
+            return pid
+    return None
+
+
+def _open_dir(log: LogDir) -> int:
+    return os.open(log.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 def is_locked(log: LogDir) -> bool:
     """True while some process holds the lock (a daemon is recording)."""
     try:
-        fd = os.open(log.lock_file, os.O_RDONLY)
-    except FileNotFoundError:
+        fd = _open_dir(log)
+    except (FileNotFoundError, NotADirectoryError):
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -40,8 +51,8 @@ def is_locked(log: LogDir) -> bool:
 
 
 def acquire(log: LogDir) -> int:
-    """Take the lock for this process; return the fd that keeps it."""
-    fd = os.open(log.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    """Take the lock for this process and note its pid in ``daemon.lock``; return the fd that keeps it."""
+    fd = _open_dir(log)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -52,6 +63,13 @@ def acquire(log: LogDir) -> int:
             f"another persist-daemon ({who}) is already recording into {log.root}; "
             "stop it first or choose another --log-dir"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        note = open_private(log.lock_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        os.write(note, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(note)
     return fd

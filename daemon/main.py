@@ -14,10 +14,10 @@ import traceback
 import click
 import structlog
 
-from persist.daemon import config, lock, logs
+from persist.daemon import config, lock, logs, restore
 from persist.daemon.bus import BusError
 from persist.daemon.control import ControlError
-from persist.daemon.fsutil import write_atomically
+from persist.daemon.fsutil import NotOurs, write_atomically
 from persist.daemon.loop import Recorder
 from persist.daemon.store import FsyncFailed, LogDir
 
@@ -74,17 +74,19 @@ def main(config_path, check_config, launched, **flags) -> None:
 
 def record(cfg: config.Config, reload, launched: bool = False) -> int:
     """Hold the log dir's lock and record until stopped; the process exit code."""
+    os.umask(0o077)  # whatever this process and its children (the indexer, SQLite) create is private
     log_dir = LogDir(cfg.log_dir)
     try:
         log_dir.create()
         lock_fd = lock.acquire(log_dir)
-    except lock.AlreadyRunning as exc:
+    except (lock.AlreadyRunning, NotOurs) as exc:
         fail(1, str(exc))
     except OSError as exc:
         fail(1, f"cannot use log dir {cfg.log_dir}: {exc.strerror}; choose a writable --log-dir")
     recorder = Recorder(cfg, reload, launched)
     try:
         write_atomically(log_dir.pid_file, f"{os.getpid()}\n".encode())
+        restore.finish_interrupted(log_dir)  # an in-place restore a crash cut short
         recorder.start()
         recorder.run()
         return 0

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import orjson
 
-from persist.daemon.fsutil import DIR_MODE, FILE_MODE, ensure_dir, fsync_dir, write_atomically
+from persist.daemon.fsutil import DIR_MODE, FILE_MODE, check_owned, ensure_dir, fsync_dir, write_atomically
 
 ACTIVE = "current_session.jsonl"
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -76,7 +76,11 @@ class LogDir:
         return f"ipc://{self.root / 'daemon.sock'}"
 
     def create(self) -> None:
-        """Make the directory tree, mode 0700 (tightening it if it came looser, as from a git clone)."""
+        """Make the directory tree, mode 0700 (tightening it if it came looser, as from a git clone).
+
+        Refuses (``NotOurs``) a tree holding a symlink or anything of another user's.
+        """
+        check_owned(ensure_dir(self.root))
         for d in (self.root, self.segments, self.recovery, self.checkpoints):
             ensure_dir(d)
             if d.stat().st_mode & 0o077:
@@ -135,7 +139,7 @@ def repair_tail(path: Path, recovery: Path) -> Repair | None:
     """
     if not path.exists():
         return None
-    fd = os.open(path, os.O_RDWR)
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
     try:
         size = os.fstat(fd).st_size
         good = last_newline(fd, size)
@@ -244,7 +248,7 @@ class SegmentWriter:
         ``first_seq``/``first_time`` describe its first record if it has one;
         the segment's age for rotation counts from that record.
         """
-        self.fd = os.open(self.log.active, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        self.fd = os.open(self.log.active, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
         self.size = os.fstat(self.fd).st_size
         self.opened_at = first_time if first_time is not None else time.time()
         self.first_seq = first_seq
