@@ -127,7 +127,7 @@ def stop_running_daemon(log) -> None:
 
 @click.command("restore")
 @click.argument("ident", metavar="ID")
-@click.option("--out", type=click.Path(path_type=Path), help="Write a complete log dir for ID here; change nothing else.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Write a complete log dir for ID here; change nothing else.")
 @click.option("--print", "print_", is_flag=True, help="Print the conversation up to ID instead.")
 @click.option("--format", "fmt", type=click.Choice(render.FORMATS), default="markdown", show_default=True)
 @click.option("--stop-daemon", is_flag=True, help="Stop a running daemon first (in-place restore only).")

@@ -151,7 +151,10 @@ def parse_when(text: str | None, flag: str) -> str | None:
     t = text.strip().lower()
     m = RELATIVE.match(t)
     if m:
-        when = now - timedelta(seconds=float(m.group(1)) * UNITS[m.group(2)])
+        try:
+            when = now - timedelta(seconds=float(m.group(1)) * UNITS[m.group(2)])
+        except OverflowError:
+            raise UsageError(f"{flag} {text!r} reaches before year 1: use a shorter duration or an ISO 8601 time") from None
     elif t in ("now", "today", "yesterday"):
         midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
         when = {"now": now, "today": midnight, "yesterday": midnight - timedelta(days=1)}[t]

@@ -7,6 +7,7 @@ A bare ``persist-cli`` opens the menu on a terminal and prints help otherwise.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -49,6 +50,9 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a bad flag value: one line, exit 2, not click's usage block
+            where = exc.ctx.command_path if exc.ctx else "persist-cli"
+            raise UsageError(f"{exc.format_message()} (see {where} --help)") from None
         except (CheckpointError, RestoreError) as exc:
             raise UsageError(str(exc)) from None
         except (ControlError, SearchIndexError) as exc:
@@ -67,4 +71,5 @@ def cli(ctx: click.Context) -> None:
 
 
 def main() -> None:
+    os.umask(0o077)  # what the CLI creates (index, exports, restored logs) is private unless the user says otherwise
     cli()

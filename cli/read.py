@@ -25,7 +25,7 @@ def progress_file():
 
 
 @click.command()
-@click.option("-n", "count", type=click.IntRange(min=0), default=20, show_default=True, help="How many records.")
+@click.option("-n", "count", type=click.IntRange(0, sys.maxsize), default=20, show_default=True, help="How many records.")
 @topic_option
 @sender_option
 @click.option("--follow", "-f", "follow_", is_flag=True, help="Keep printing records as they are written (Ctrl-C stops).")

@@ -29,6 +29,9 @@ CHOICES = {
     "daemon.log_level": ("debug", "info", "warning", "error"),
 }
 TAG_KEYS = {"name", "keywords", "regex"}
+INT_MAX = 2**31 - 1  # ZeroMQ options and millisecond timers are C ints
+FLOAT_MAX = 366 * 86400  # seconds: a year is the longest interval that means anything
+MAXIMA = {"storage.rotate_bytes": 2**62, "storage.backlog_bytes": 2**62}
 
 
 class ConfigError(ValueError):
@@ -140,8 +143,10 @@ def _check(key: str, hint: Any, value: Any, source: str | None) -> Any:
         value = float(value)
     if not isinstance(value, hint) or isinstance(value, bool):
         raise ConfigError(key, f"must be {hint.__name__}, got {value!r}", source)
-    if hint in (int, float) and value <= 0:
-        raise ConfigError(key, f"must be greater than 0, got {value!r}", source)
+    if hint in (int, float):
+        top = MAXIMA.get(key, INT_MAX if hint is int else FLOAT_MAX)
+        if not 0 < value <= top:  # nan fails every comparison
+            raise ConfigError(key, f"must be greater than 0 and at most {top}, got {value!r}", source)
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(key, f"must be one of {', '.join(CHOICES[key])}, got {value!r}", source)
     if key == "storage.retention":
@@ -234,6 +239,8 @@ def load(explicit: str | None = None, overrides: dict[str, dict[str, Any]] | Non
             raise ConfigError("--config", f"{path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not UTF-8 (byte {exc.start}): TOML files are UTF-8 text") from None
         except OSError as exc:
             raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
         given |= apply(cfg, data, str(path))

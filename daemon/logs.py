@@ -51,7 +51,16 @@ def setup(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) 
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        wrapper_class=_filtering(level),
         logger_factory=structlog.PrintLoggerFactory(_Unfailing(stream)),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=False,  # so that set_level reaches loggers already made
     )
+
+
+def set_level(level: str) -> None:
+    """Log from ``level`` up from now on (a SIGHUP's new ``log_level``), keeping the rest of the setup."""
+    structlog.configure(wrapper_class=_filtering(level))
+
+
+def _filtering(level: str) -> type:
+    return structlog.make_filtering_bound_logger(logging.getLevelName(level.upper()))
