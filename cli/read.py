@@ -12,7 +12,7 @@ import click
 from persist.cli.common import (
     Failure, UsageError, json_lines, json_option, matches, one_line, parse_when, require_log, style, with_log_dir,
 )
-from persist.daemon import lock, reader, render
+from persist.daemon import lock, reader, render, restore
 from persist.daemon.store import repair_tail
 
 topic_option = click.option("--topic", help="Only topics starting with this prefix.")
@@ -61,15 +61,21 @@ def recent(cfg, log, count, topic, sender, follow_, system, as_json) -> None:
 @topic_option
 @sender_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of standard output.")
+@click.option("--mode", default="600", show_default=True, metavar="OCTAL",
+              help="Permissions of the -o FILE (it holds the conversation: private by default).")
 @with_log_dir
-def export(cfg, log, fmt, since, until, topic, sender, output) -> None:
+def export(cfg, log, fmt, since, until, topic, sender, output, mode) -> None:
     """Export records as JSON Lines (the on-disk schema), CSV or markdown."""
     require_log(log)
     since, until = parse_when(since, "--since"), parse_when(until, "--until")
-    if output and os.path.exists(output):
-        raise UsageError(f"{output} already exists; choose another -o FILE or remove it first")
+    try:
+        perms = int(mode, 8)
+    except ValueError:
+        perms = -1
+    if not 0 <= perms <= 0o777:
+        raise UsageError(f"--mode {mode!r} is not an octal file mode such as 600 or 644")
     entries = (e for e in reader.records(log) if matches(e.rec, topic, sender, since, until))
-    out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
+    out = _create_private(output, perms) if output else sys.stdout
     try:
         n = _write_export(entries, fmt, out)
     finally:
@@ -77,6 +83,18 @@ def export(cfg, log, fmt, since, until, topic, sender, output) -> None:
             out.close()
     if output:
         click.echo(f"exported {n} records to {output}", err=True)
+
+
+def _create_private(output: str, perms: int):
+    """``output`` created anew (never an existing file) with exactly ``perms``."""
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UsageError(f"{output} already exists; choose another -o FILE or remove it first") from None
+    except OSError as exc:
+        raise UsageError(f"cannot create {output}: {exc.strerror}; choose another -o FILE") from None
+    os.fchmod(fd, perms)
+    return open(fd, "w", encoding="utf-8", newline="")
 
 
 def _write_export(entries, fmt: str, out) -> int:
@@ -88,7 +106,7 @@ def _write_export(entries, fmt: str, out) -> int:
             meta = e.rec.get("meta", {})
             writer.writerow([e.seq, e.rec["received_at"], e.rec["topic"], meta.get("sender", ""),
                              meta.get("recipient", ""), meta.get("thread_id", ""), meta.get("kind", ""),
-                             render.payload_text(e.rec)])
+                             render.payload_text(e.rec, e.line)])
             n += 1
         return n
 
@@ -132,12 +150,16 @@ def recover(cfg, log) -> None:
                       "it repaired the log when it started")
     fd = lock.acquire(log)
     try:
+        finished = restore.finish_interrupted(log)
         repaired = repair_tail(log.active, log.recovery)
         db = index.connect(index.index_path(log))
         indexed = index.catch_up(log, db)
         db.close()
     finally:
         os.close(fd)
+    if finished is not None:
+        click.echo(f"finished the interrupted restore of checkpoint {finished['checkpoint']} "
+                   f"(set aside in {log.root / finished['archived_to']})")
     if repaired is None:
         click.echo(f"nothing to repair in {log.active}")
     else:
