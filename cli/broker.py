@@ -21,7 +21,7 @@ from persist.daemon.stopping import StopOnSignal
 HWM = 1_000_000
 
 
-def run_proxy(frontend: str, backend: str, stop: StopOnSignal) -> None:
+def run_proxy(frontend: str, backend: str, stop: StopOnSignal, hwm: int = HWM) -> None:
     """Forward publishers on ``frontend`` to subscribers on ``backend`` until ``stop`` is set.
 
     Says where it listens on stderr (the real ports when ``*`` was asked for).
@@ -29,8 +29,8 @@ def run_proxy(frontend: str, backend: str, stop: StopOnSignal) -> None:
     ctx = zmq.Context()
     xsub, xpub = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB)
     for sock in (xsub, xpub):
-        sock.setsockopt(zmq.SNDHWM, HWM)
-        sock.setsockopt(zmq.RCVHWM, HWM)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
         sock.setsockopt(zmq.LINGER, 0)
     xpub.setsockopt(zmq.XPUB_NODROP, 1)
     try:
@@ -60,6 +60,8 @@ def run_proxy(frontend: str, backend: str, stop: StopOnSignal) -> None:
 @click.command()
 @click.option("--frontend", default="tcp://127.0.0.1:5556", show_default=True, help="Where publishers connect.")
 @click.option("--backend", default="tcp://127.0.0.1:5555", show_default=True, help="Where subscribers (persist-daemon) connect.")
-def broker(frontend: str, backend: str) -> None:
+@click.option("--hwm", default=HWM, show_default=True, type=click.IntRange(1, 2**31 - 1),
+              help="Messages queued per peer; past it the proxy waits for the slow one (it never drops).")
+def broker(frontend: str, backend: str, hwm: int) -> None:
     """Run a plain XPUB/XSUB proxy: publishers → FRONTEND, subscribers → BACKEND."""
-    run_proxy(frontend, backend, StopOnSignal(signal.SIGINT, signal.SIGTERM))
+    run_proxy(frontend, backend, StopOnSignal(signal.SIGINT, signal.SIGTERM), hwm)

@@ -61,9 +61,10 @@ def short_tmpdir(prefix: str = "persist-") -> Path:
 class Broker:
     """``persist-cli broker`` as a subprocess, on free ports (or the ports it had before)."""
 
-    def __init__(self, frontend: str = "tcp://127.0.0.1:*", backend: str = "tcp://127.0.0.1:*") -> None:
+    def __init__(self, frontend: str = "tcp://127.0.0.1:*", backend: str = "tcp://127.0.0.1:*", *options: str) -> None:
+        self.options = options
         self.proc = subprocess.Popen(
-            [BIN / "persist-cli", "broker", "--frontend", frontend, "--backend", backend],
+            [BIN / "persist-cli", "broker", "--frontend", frontend, "--backend", backend, *options],
             stderr=subprocess.PIPE, text=True,
         )
         line = self.proc.stderr.readline()
@@ -78,16 +79,19 @@ class Broker:
 
     def restart(self) -> None:
         self.kill()
-        self.__init__(self.frontend, self.backend)
+        self.__init__(self.frontend, self.backend, *self.options)
 
 
 class Daemon:
     """``persist-daemon`` as a subprocess recording into ``log_dir``."""
 
-    def __init__(self, log_dir: Path, *args: str, env: dict | None = None) -> None:
+    def __init__(self, log_dir: Path, *args: str, env: dict | None = None, wrapper: list[str] | None = None) -> None:
+        """``wrapper``: a command the daemon runs under (``strace ... --``); ``proc`` is then the wrapper,
+        ``daemon_pid()`` the daemon itself."""
         self.log_dir = Path(log_dir)
         self.log = LogDir(self.log_dir)
-        self.args = [str(BIN / "persist-daemon"), "--log-dir", str(self.log_dir), "--log-format", "json", *args]
+        self.args = [*(wrapper or []), str(BIN / "persist-daemon"), "--log-dir", str(self.log_dir),
+                     "--log-format", "json", *args]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.stderr_path = self.log_dir.parent / f"{self.log_dir.name}.daemon.err"

@@ -5,7 +5,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
+
+from persist.daemon.publisher import Publisher
+from procs import Broker, Daemon, wait_for
 
 
 AGENT = """
@@ -35,20 +40,37 @@ def start_agent(broker, log_dir, count: int, close_timeout: float) -> subprocess
     return agent
 
 
+def process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def burst_values(daemon) -> list[int]:
     return [e.rec["payload"]["i"] for e in daemon.user_records() if e.rec["topic"] == "agent.burst"]
+
+
+@contextmanager
+def stopped(proc: subprocess.Popen):
+    """``proc`` SIGSTOPped (and seen stopped) for the block; continued however the block ends."""
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: process_state(proc.pid) == "T", what=f"pid {proc.pid} to stop")
+        yield
+    finally:
+        proc.send_signal(signal.SIGCONT)
+
+
+def go(agent: subprocess.Popen) -> None:
+    agent.stdin.write("go\n")
+    agent.stdin.flush()
 
 
 def test_an_agent_that_exits_right_after_a_burst_into_a_stalled_broker_loses_nothing(start_daemon, broker, log_dir):
     daemon = start_daemon()
     agent = start_agent(broker, log_dir, 20_001, close_timeout=60)
-    broker.proc.send_signal(signal.SIGSTOP)
-    try:
-        agent.stdin.write("go\n")
-        agent.stdin.flush()
+    with stopped(broker.proc):
+        go(agent)
         time.sleep(1.5)
-    finally:
-        broker.proc.send_signal(signal.SIGCONT)
     out, _ = agent.communicate(timeout=90)
     assert (agent.returncode, out) == (0, "delivered\n")
     assert sorted(burst_values(daemon)) == list(range(20_001)), "every message the agent sent is in the log, once"
@@ -58,12 +80,27 @@ def test_an_agent_that_exits_right_after_a_burst_into_a_stalled_broker_loses_not
 def test_close_raises_with_the_exact_count_it_could_not_deliver(start_daemon, broker, log_dir):
     daemon = start_daemon()
     agent = start_agent(broker, log_dir, 501, close_timeout=1.0)
-    broker.proc.send_signal(signal.SIGSTOP)
-    try:
-        agent.stdin.write("go\n")
-        agent.stdin.flush()
+    with stopped(broker.proc):
+        go(agent)
         out, _ = agent.communicate(timeout=60)
-    finally:
-        broker.proc.send_signal(signal.SIGCONT)
     assert (agent.returncode, out) == (3, "undelivered 500\n"), "close() names the 500 sent while the broker was stopped"
     assert daemon.stop() == 0, daemon.errors()[-3000:]
+
+
+def test_the_broker_waits_for_a_stalled_daemon_instead_of_dropping(log_dir):
+    broker = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", "--hwm", "20")
+    daemon = Daemon(log_dir, "--connect", broker.backend).start()
+    try:
+        pub = Publisher("nodrop-agent", broker.frontend, log_dir=log_dir, close_timeout=60)
+        blob = "x" * 20_000  # 2,000 of them are far more than the kernel's socket buffers hold
+        with stopped(daemon.proc):
+            threading.Timer(1.5, daemon.proc.send_signal, [signal.SIGCONT]).start()
+            for i in range(2_000):
+                pub.send("agent.burst", {"i": i, "blob": blob})
+        pub.close()
+        assert sorted(burst_values(daemon)) == list(range(2_000)), "nothing dropped at the broker's high-water mark"
+        assert daemon.stop() == 0, daemon.errors()[-3000:]
+    finally:
+        broker.kill()
+        if daemon.proc.poll() is None:
+            daemon.kill9()
