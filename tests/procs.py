@@ -31,6 +31,18 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def eventually(predicate, timeout: float = 10.0, interval: float = 0.02):
+    """Poll ``predicate`` (a plain question, which must not assert) until it gives something
+    truthy; return that, or the last falsy answer once ``timeout`` has passed. Never raises
+    on a timeout: the caller asserts afterwards, saying what was expected and what was seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
 def process_gone(pid: int) -> bool:
     """Exited (a zombie waiting for its new parent to reap it counts as gone)."""
     try:
@@ -112,6 +124,10 @@ class Daemon:
 
     def status(self) -> dict:
         return ask(self.log.control_endpoint, "status")
+
+    def daemon_pid(self) -> int:
+        """The daemon's own pid (not a wrapper's), as it answers on its control socket."""
+        return self.status()["pid"]
 
     def errors(self) -> str:
         return self.stderr_path.read_text() if self.stderr_path.exists() else ""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -10,6 +12,7 @@ import threading
 import time
 
 import orjson
+import pytest
 
 from persist.daemon import reader
 from procs import Daemon, Publisher, memory_mb, run, wait_for
@@ -186,17 +189,105 @@ def test_sighup_reloads_subscriptions(recorder, workdir):
     assert {"keep.a", "skip.b"} <= topics and not {"skip.a", "keep.b"} & topics
 
 
-def test_fsync_always_and_bind_mode(workdir, ctx):
-    daemon = Daemon(workdir / "logs", "--bind", "tcp://127.0.0.1:*", "--fsync", "always")
+def strace_runs() -> bool:
+    """strace is installed and may trace here (a container can forbid ptrace)."""
+    if shutil.which("strace") is None:
+        return False
+    try:
+        probe = subprocess.run(["strace", "-f", "-qq", "-e", "trace=fdatasync", "-o", "/dev/null", "true"],
+                               capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+# one line of ``strace -f -y``: "<tid>  call(<fd><<path>>, ..." or "<tid>  <... call resumed>..."
+TRACE_START = re.compile(r"^(\d+)\s+(\w+)\(\d+<([^>]*)>")
+TRACE_RESUMED = re.compile(r"^(\d+)\s+<\.\.\. (\w+) resumed>")
+TRACE_RESULT = re.compile(r"\)\s+=\s+(-?\d+)")
+
+
+def segment_syscalls(trace_text: str, segment: str) -> list[tuple[str, str]]:
+    """The writes and fsyncs of ``segment`` in the order strace saw them, as
+    ("write", "start") and ("sync", "done") events (a sync counts once it returned 0)."""
+    events = []
+    unfinished: dict[str, tuple[str, str]] = {}  # tid -> (call, path) of a call another thread interrupted
+    for line in trace_text.splitlines():
+        if m := TRACE_START.match(line):
+            tid, call, path = m.groups()
+            done = not line.rstrip().endswith("<unfinished ...>")
+            if not done:
+                unfinished[tid] = (call, path)
+        elif m := TRACE_RESUMED.match(line):
+            tid, call = m.groups()
+            call, path = unfinished.pop(tid, (call, ""))
+            done = True
+        else:
+            continue
+        if not path.endswith(segment):
+            continue
+        if call in ("write", "writev", "pwrite64") and not TRACE_RESUMED.match(line):
+            events.append(("write", "start"))
+        elif call in ("fdatasync", "fsync") and done:
+            result = TRACE_RESULT.search(line)
+            if result and result.group(1) == "0":
+                events.append(("sync", "done"))
+    return events
+
+
+@pytest.mark.skipif(not strace_runs(), reason="strace is missing or may not trace on this machine")
+def test_fsync_always_syncs_every_batch_before_the_next_and_bind_mode(workdir, ctx):
+    """Watched from outside with strace: every write of the active segment is followed by a
+    finished fdatasync of it before the next write begins (``off`` never syncs; ``batch``
+    writes several batches per sync)."""
+    trace = workdir / "strace.txt"
+    cfg = workdir / "persist.toml"
+    cfg.write_text("[index]\nenabled = false\n")  # nothing else traced that the test does not need
+    daemon = Daemon(workdir / "logs", "--config", str(cfg), "--bind", "tcp://127.0.0.1:*", "--fsync", "always",
+                    wrapper=["strace", "-f", "-y", "-qq", "-e", "signal=none",
+                             "-e", "trace=write,writev,pwrite64,fdatasync,fsync", "-o", str(trace), "--"])
     # with --bind and no --connect the daemon does not also dial the default broker
     daemon.start()
-    status = daemon.status()
-    (endpoint,) = status["endpoints"]
-    assert endpoint.startswith("tcp://127.0.0.1:") and status["fsync"] == "always"
-    pub = Publisher(ctx, endpoint)
-    pub.join(daemon)
-    pub.close()
-    assert daemon.stop() == 0
+    try:
+        status = daemon.status()
+        (endpoint,) = status["endpoints"]
+        assert endpoint.startswith("tcp://127.0.0.1:")
+        pub = Publisher(ctx, endpoint)
+        pub.join(daemon)
+        n = 0
+        for burst in range(15):  # bursts a little apart: batch mode would write several before one sync
+            for i in range(20):
+                pub.send(b"durable", b'{"burst":%d,"i":%d}' % (burst, i))
+                n += 1
+            time.sleep(0.01)
+            status = daemon.status()
+            assert status["committed_seq"] == status["last_seq"], f"a record counted before its fsync: {status}"
+        daemon.wait_records(n, timeout=60)
+        pub.close()
+        os.kill(daemon.daemon_pid(), signal.SIGTERM)
+        assert daemon.proc.wait(30) == 0, daemon.errors()[-2000:]
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()
+        daemon.stderr.close()
+    recs = daemon.records()
+    assert [e.seq for e in recs] == list(range(1, len(recs) + 1)) and recs[-1].rec["topic"] == "$persist/stop"
+    assert sum(e.rec["topic"] == "durable" for e in recs) == n
+
+    events = segment_syscalls(trace.read_text(), "/" + daemon.log.active.name)
+    writes = sum(1 for kind, _ in events if kind == "write")
+    syncs = sum(1 for kind, _ in events if kind == "sync")
+    assert writes >= 3, f"strace saw {writes} writes of the segment: {events[:10]}"
+    unsynced = False
+    for k, (kind, _) in enumerate(events):
+        if kind == "write":
+            assert not unsynced, (f"write #{k} of the segment began before the previous one was fsynced "
+                                  f"({writes} writes, {syncs} finished fsyncs)")
+            unsynced = True
+        else:
+            unsynced = False
+    assert not unsynced, "the last write was never fsynced"
 
 
 def test_several_publishers_in_parallel_lose_nothing(start_daemon, publish):
