@@ -10,7 +10,7 @@ import zmq
 from persist.cli.common import Failure, UsageError, json_lines, parse_when, require_log, with_log_dir
 from persist.daemon import checkpoints
 from persist.daemon.config import ENDPOINT
-from persist.daemon.replay import NoSubscriber, Selection, open_socket, send, wait_for_subscriber
+from persist.daemon.replay import NoSubscriber, Selection, announced, open_socket, send, wait_for_subscriber
 
 
 @click.command()
@@ -57,7 +57,8 @@ def replay(cfg, log, checkpoint_id, since, until, topics, sender, thread_id, end
         quiet = None if sys.stderr.isatty() else open("/dev/null", "w")
         with click.progressbar(length=total, label=f"replaying to {endpoint}", file=quiet) as bar:
             try:
-                n = send(sock, selection.entries(log), None if as_fast else rate, lambda _: bar.update(1))
+                entries = announced(selection.entries(log), log, chunk=1000 if as_fast else 1)
+                n = send(sock, entries, None if as_fast else rate, lambda _: bar.update(1))
             except KeyboardInterrupt:
                 click.echo(f"\nreplay stopped after {bar.pos} of {total} messages", err=True)
                 sys.exit(130)

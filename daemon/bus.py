@@ -8,10 +8,14 @@ record them. It never writes anything.
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from persist.daemon.config import DaemonSection
+from persist.daemon.record import iso_utc
 
 NOBLOCK = int(zmq.NOBLOCK)
 MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
@@ -61,8 +65,9 @@ class Bus:
                 self.sock.setsockopt(zmq.UNSUBSCRIBE, old.encode())
         self.subscriptions = list(prefixes)
 
-    def receive(self, limit: int) -> list[list[bytes]]:
-        """Up to ``limit`` queued messages without waiting; ``[]`` if none.
+    def receive(self, limit: int, max_bytes: int) -> tuple[list[list[bytes]], int]:
+        """Up to ``limit`` queued messages, or fewer once they hold ``max_bytes``, without
+        waiting; ``([], 0)`` if none. Returns the messages and their size in bytes.
 
         Frames come as ``zmq.Frame`` so ``more`` says whether another follows:
         pyzmq's ``recv_multipart`` asks ``getsockopt(RCVMORE)`` per frame, which
@@ -70,17 +75,42 @@ class Bus:
         """
         batch: list[list[bytes]] = []
         recv = self.sock.recv
+        nbytes = 0
         try:
-            while len(batch) < limit:
+            while len(batch) < limit and nbytes < max_bytes:
                 frame = recv(NOBLOCK, copy=False)
                 frames = [frame.bytes]
                 while frame.more:  # the rest of a multipart message is already here
                     frame = recv(NOBLOCK, copy=False)
                     frames.append(frame.bytes)
                 batch.append(frames)
+                nbytes += sum(map(len, frames)) if len(frames) > 2 else len(frames[-1]) + len(frames[0])
         except zmq.Again:
             pass
-        return batch
+        return batch, nbytes
+
+    def discard(self, deadline: float) -> dict[str, Any]:
+        """Receive and count what is still queued, without recording it, until the queue is
+        empty or ``deadline`` (monotonic) passes: the counts of a shutdown gap record."""
+        count = nbytes = 0
+        first = None
+        recv = self.sock.recv
+        complete = False
+        try:
+            while count % 1000 or time.monotonic() < deadline:
+                frame = recv(NOBLOCK, copy=False)
+                nbytes += len(frame)
+                while frame.more:
+                    frame = recv(NOBLOCK, copy=False)
+                    nbytes += len(frame)
+                count += 1
+                first = first or time.time_ns()
+        except zmq.Again:
+            complete = True
+        gap: dict[str, Any] = {"dropped": count, "bytes": nbytes, "count_complete": complete}
+        if first:
+            gap.update({"from": iso_utc(first), "to": iso_utc(time.time_ns())})
+        return gap
 
     def events(self) -> list[tuple[str, str]]:
         """Pending ``("connected" | "disconnected", endpoint)`` events of connected endpoints."""

@@ -4,7 +4,8 @@ An enricher is a callable ``(Message) -> dict | None``. ``pipeline()`` composes
 the built-ins (configured from ``[enrich]``, run as one pass over the payload:
 they are on every message's path) with third-party enrichers from the
 ``persist.enrichers`` entry-point group, once at start-up. An enricher that
-raises costs nothing but a note in ``meta.enrich_error``: the record is kept.
+raises, or returns what is not a JSON object, costs nothing but a note in
+``meta.enrich_error``: the record and every other enricher's fields are kept.
 Enrichers read the payload the bus module parsed once; they never re-parse it.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
+import orjson
 import structlog
 
 from persist.daemon.config import EnrichSection
@@ -148,6 +150,7 @@ class Pipeline:
             try:
                 added = enricher(msg)
                 if added:
+                    orjson.dumps(added)  # what cannot be written is refused here, never the whole meta
                     meta.update(added)
             except Exception as exc:
                 meta.setdefault("enrich_error", []).append(_error_note(enricher, exc))

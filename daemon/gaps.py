@@ -15,6 +15,8 @@ from persist.daemon.record import iso_utc
 
 MAX_SENDERS = 10_000
 MAX_LISTED = 100  # missing numbers listed one by one before only ranges are given
+MAX_SENDER_KEY = 256  # sender names followed are at most this long, so the table stays small in bytes
+MAX_SENDER_SEQ = 2**53  # larger (or negative) numbers are recorded but not followed: JSON readers lose precision past it
 
 
 class SenderSequences:
@@ -24,10 +26,17 @@ class SenderSequences:
         self.last: dict[str, int] = {}  # insertion order = least recently seen first
 
     def observe(self, sender: Any, number: Any) -> dict[str, Any] | None:
-        """A gap payload if ``number`` skips past the last seen from ``sender``."""
-        if not isinstance(number, int) or isinstance(number, bool) or sender is None:
+        """A gap payload if ``number`` skips past the last seen from ``sender``.
+
+        Only a string sender of at most ``MAX_SENDER_KEY`` characters with a
+        number in 0..``MAX_SENDER_SEQ`` is followed; anything else is recorded
+        as sent and never followed.
+        """
+        if type(number) is not int or not 0 <= number <= MAX_SENDER_SEQ:
             return None
-        key = str(sender)
+        if type(sender) is not str or len(sender) > MAX_SENDER_KEY:
+            return None  # not a name: not followed, so made-up senders cannot fill memory
+        key = sender
         previous = self.last.pop(key, None)
         self.last[key] = number
         if len(self.last) > MAX_SENDERS:

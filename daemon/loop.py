@@ -10,6 +10,7 @@ is the same code path as the end of a normal batch.
 from __future__ import annotations
 
 import calendar
+import errno
 import fcntl
 import os
 import signal
@@ -22,20 +23,24 @@ from typing import Any
 import structlog
 import zmq
 
-from persist.daemon import checkpoints, enrich, memory, reader, retention
+from persist.daemon import checkpoints, enrich, logs, memory, reader, retention
 from persist.daemon.agents import Presence
 from persist.daemon.bus import Bus
 from persist.daemon.config import Config
-from persist.daemon.control import ControlServer
+from persist.daemon.control import ControlServer, sender_seq_handler
 from persist.daemon.gaps import Outage, SenderSequences
 from persist.daemon.indexer import IndexerProcess
-from persist.daemon.record import Message, encode, iso_utc, system_message
+from persist.daemon.record import Message, encode, frames_sha256, is_system, iso_utc, system_message
+from persist.daemon.replay_marks import ReplayMarks
 from persist.daemon.sdnotify import Notifier
-from persist.daemon.spool import Spool
-from persist.daemon.store import DiskFull, LogDir, SegmentWriter, repair_tail
+from persist.daemon.spool import Reserve, Spool
+from persist.daemon.store import DISK_FULL_ERRNOS, DiskFull, LogDir, SegmentWriter, repair_tail, segment_name
 
 BATCH = 1000  # messages taken from the socket per turn of the loop
-DRAIN_SECONDS = 3.0  # at shutdown, how long queued messages may still be drained
+BATCH_BYTES = 8 << 20  # ... or fewer: a batch of big messages is bounded in bytes, not only in count
+RELEASE_AFTER_BYTES = 4 << 20  # a batch this large gives its memory back at once
+DRAIN_SECONDS = 2.5  # at shutdown, how long queued messages are still recorded
+COUNT_SECONDS = 1.0  # ... then how long what is left is counted for the gap record (SIGTERM to exit: < 5 s)
 RETENTION_EVERY_S = 60.0  # how often storage.retention is applied (and right after each rotation)
 log = structlog.get_logger("persist.daemon")
 
@@ -56,6 +61,10 @@ class Recorder:
         self.senders = SenderSequences()
         self.outage = Outage()
         self.spool = Spool(cfg.storage.backlog_bytes)
+        self.reserve = Reserve(self.log.recovery / "space.reserve")
+        self.replay_marks = ReplayMarks()
+        self.deferred_checkpoint: str | None = None  # a checkpoint the full disk put off
+        self.unwritten_manifest: tuple | None = None  # a checkpoint recorded whose manifest found no room
         self.seq = 0
         self.pending = 0  # records appended since the last commit
         self.pending_since = 0.0
@@ -88,7 +97,8 @@ class Recorder:
             self.ctx,
             self.log.control_endpoint,
             {"ping": lambda _: {"pong": True}, "status": self.status,
-             "checkpoint": lambda label: self.checkpoint("manual", label or None)},
+             "checkpoint": lambda label: self.checkpoint("manual", label or None),
+             "replay_expect": self.replay_marks.expect, "sender_seq": sender_seq_handler(self.senders)},
         )
         self.last_checkpoint = checkpoints.latest(self.log)
         self.wakeup_r, wakeup_w = socket.socketpair()
@@ -108,12 +118,13 @@ class Recorder:
                                              "lines_quarantined": repaired.lines,
                                              "quarantined_to": str(repaired.quarantined.relative_to(self.log.root)),
                                              "resumed_after_seq": self.seq})
-        if last is not None and last.rec.get("topic") != "$persist/stop":
+        if last is not None and not (is_system(last.rec) and last.rec["topic"] == "$persist/stop"):
             self.record_gap({"reason": "not_running", "from": last.rec["received_at"],
                              "to": iso_utc(time.time_ns()), "last_seq_before": last.seq})
         self.record_system("start", {"pid": os.getpid(), "config": self.cfg.source,
                                      "endpoints": self.bus.endpoints, "resumed_after_seq": self.seq})
         self.commit()
+        self.reserve.keep()
         self.presence = Presence(self.log)
         self.indexer = IndexerProcess(self.log)
         if self.cfg.index.enabled:
@@ -134,9 +145,12 @@ class Recorder:
             ready = dict(self.poller.poll(self._timeout_ms()))
             received = 0
             if self.bus.sock in ready:
-                batch = self.bus.receive(BATCH)
+                batch, nbytes = self.bus.receive(BATCH, BATCH_BYTES)
                 self.record_batch(batch)
-                received = len(batch)
+                received = BATCH if nbytes >= BATCH_BYTES else len(batch)
+                if nbytes >= RELEASE_AFTER_BYTES:
+                    del batch
+                    memory.release()
             self.note_backlog(received)
             if self.bus.monitor in ready:
                 self.note_bus_events()
@@ -179,7 +193,10 @@ class Recorder:
                 self.spool.drop(received_ns)
             return
         lines = []
-        enrich, parse, encode_line = self.enrich, Message.from_frames, self._encode
+        dropped = self.spool.take_dropped()
+        if dropped:  # the gap stands where the loss happened, before what the spool takes again
+            lines.append(self._gap_line({"reason": "disk_full", **dropped}, received_ns))
+        enrich, parse, encode_line, marks = self.enrich, Message.from_frames, self._encode, self.replay_marks
         for frames in batch:
             msg = parse(frames, received_ns)
             meta = enrich(msg)
@@ -187,15 +204,22 @@ class Recorder:
                 gap = self.senders.observe(meta.get("sender"), meta["sender_seq"])
                 if gap:
                     lines.append(self._gap_line(gap, received_ns))
-            lines.append(encode_line(msg, meta))
+            if marks.pending:  # a replay is under way: is this one of its messages?
+                sha256 = frames_sha256(frames)
+                replay_of = marks.take(sha256)
+                if replay_of is not None:
+                    meta["replay_of"] = replay_of
+                lines.append(encode_line(msg, meta, sha256))
+            else:
+                lines.append(encode_line(msg, meta))
         self.append(lines)
 
-    def _encode(self, msg: Message, meta: dict[str, Any]) -> bytes:
+    def _encode(self, msg: Message, meta: dict[str, Any], sha256: str | None = None) -> bytes:
         self.seq += 1
         try:
-            return encode(msg, self.seq, meta)
-        except TypeError as exc:  # a plugin enricher returned something not JSON
-            return encode(msg, self.seq, {"enrich_error": [f"meta not serialisable: {exc}"]})
+            return encode(msg, self.seq, meta, sha256)
+        except TypeError as exc:  # meta that cannot be written (enrichers are checked: a last net)
+            return encode(msg, self.seq, {"enrich_error": [f"meta not serialisable: {exc}"]}, sha256)
 
     def _gap_line(self, gap: dict[str, Any], received_ns: int | None = None) -> bytes:
         self.gaps += 1
@@ -264,15 +288,18 @@ class Recorder:
         if time.monotonic() >= self.next_checkpoint:
             self.next_checkpoint = time.monotonic() + self.cfg.checkpoint.interval
             if self.seq > self.checkpointed_seq:
-                self.checkpoint("timer")
+                self.checkpoint_when_possible("timer")
         now = time.time()
         if self.rate and now - self.rate[-1][0] < 1.0:
             return
         self.rate.append((now, self.recorded))
         self.note_agents()
         self.indexer.check()
+        self.replay_marks.expire(time.monotonic())
         if self.spool.lines:
             self.retry_spool()
+        elif self.unwritten_manifest:
+            self.write_manifest(*self.unwritten_manifest)
         storage = self.cfg.storage
         if not self.spool.lines and self.writer.should_rotate(storage.rotate_bytes, storage.rotate_age_s, now):
             self.commit()
@@ -317,7 +344,7 @@ class Recorder:
         either registered before it (and is seen) or waits until this daemon is
         gone and starts a new one: no agent is ever handed a daemon that is leaving.
         """
-        fd = os.open(self.log.root / "launcher.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.log.root / "launcher.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -336,17 +363,23 @@ class Recorder:
         return f"recording, {rate:.0f} msg/s, last seq {self.seq}" + (", DISK FULL" if self.spool.lines else "")
 
     def retry_spool(self) -> None:
-        """Write what the disk refused, then a gap record for what had to be dropped."""
-        lines, self.spool.lines = self.spool.lines, []
-        self.spool.bytes = 0
-        self.append(lines)
-        if self.spool.lines:
+        """Write as much of what the disk refused as fits now, then what had to be dropped as a gap."""
+        written = self.writer.append_fitting(self.spool.lines)
+        if not written:
             return
-        log.info("disk_space_back", written=len(lines))
+        self.spool.take(written)
+        self.recorded += written
+        self.commit()
+        if self.spool.lines:
+            log.warning("disk_space_short", written=written, still_held=len(self.spool.lines))
+            return
+        log.info("disk_space_back", written=written)
         dropped = self.spool.take_dropped()
         if dropped:
             self.record_gap({"reason": "disk_full", **dropped})
-        self.commit()
+        self.reserve.keep()
+        if self.deferred_checkpoint:
+            self.checkpoint_when_possible(self.deferred_checkpoint)
 
     def act_on_signals(self) -> bool:
         """Handle noted signals at this safe point; True when asked to stop."""
@@ -363,30 +396,59 @@ class Recorder:
             if signum == signal.SIGHUP:
                 self.reload()
             if signum == signal.SIGUSR1:
-                self.checkpoint("signal")
+                self.checkpoint_when_possible("signal")
         return False
 
     def checkpoint(self, reason: str, label: str | None = None) -> dict[str, Any]:
         """Record a ``$persist/checkpoint`` record, commit, and write its manifest.
 
         The record is inside the checkpoint it announces; only bytes appended
-        since the last checkpoint are read to hash.
+        since the last checkpoint are read to hash. A full disk raises
+        ``DiskFull`` before anything is recorded; a manifest that finds no room
+        is written once there is some (``unwritten_manifest``).
         """
         if self.spool.lines:
-            raise RuntimeError("the disk is full: no checkpoint until space returns")
+            raise DiskFull(errno.ENOSPC, f"the disk under {self.log.root} is full: no checkpoint until space returns")
         ident = checkpoints.new_id(self.log, time.time(), self.seq + 1)
         self.record_system("checkpoint", {"id": ident, "reason": reason, "label": label})
+        if self.spool.lines:  # the record itself found no room: it is written, and checkpointed, later
+            raise DiskFull(errno.ENOSPC, f"the disk under {self.log.root} is full: checkpoint {ident} waits for space")
         self.commit()
         self.checkpointed_seq = self.seq
         closed = [(p.name, p, p.stat().st_size) for p in sorted(self.log.segments.glob("*.jsonl"))]
         active = [] if self.writer.first_seq is None else [
-            (checkpoints.segment_name(self.writer.first_seq), self.log.active, self.writer.size)]
+            (segment_name(self.writer.first_seq), self.log.active, self.writer.size)]
         cut = checkpoints.Cut(self.seq, closed + active)
-        manifest = checkpoints.write(self.log, cut, self.hasher, reason, label, ident)
+        manifest = self.write_manifest(cut, reason, label, ident)
+        if manifest is None:
+            raise DiskFull(errno.ENOSPC, f"checkpoint {ident} is recorded; its manifest is written once space returns")
+        return {"checkpoint": {k: manifest[k] for k in ("id", "label", "reason", "created_at", "last_seq")}}
+
+    def write_manifest(self, cut: checkpoints.Cut, reason: str, label: str | None, ident: str) -> dict | None:
+        """Write a checkpoint's manifest; with no room for it, keep it to write later and return None."""
+        try:
+            manifest = checkpoints.write(self.log, cut, self.hasher, reason, label, ident)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL_ERRNOS:
+                raise
+            self.unwritten_manifest = (cut, reason, label, ident)
+            log.error("checkpoint_manifest_unwritten", id=ident, error=str(exc),
+                      hint="free space on the log dir's filesystem; the manifest is written then")
+            return None
+        self.unwritten_manifest = None
         self.last_checkpoint = manifest
         pruned = checkpoints.prune(self.log, self.cfg.checkpoint.keep) if not label else []
-        log.info("checkpoint", id=ident, reason=reason, label=label, last_seq=self.seq, pruned=len(pruned))
-        return {"checkpoint": {k: manifest[k] for k in ("id", "label", "reason", "created_at", "last_seq")}}
+        log.info("checkpoint", id=ident, reason=reason, label=label, last_seq=cut.last_seq, pruned=len(pruned))
+        return manifest
+
+    def checkpoint_when_possible(self, reason: str) -> None:
+        """A checkpoint from the timer, SIGUSR1 or shutdown: a full disk puts it off, never stops recording."""
+        try:
+            self.checkpoint(reason)
+            self.deferred_checkpoint = None
+        except DiskFull as exc:
+            self.deferred_checkpoint = reason
+            log.warning("checkpoint_deferred", reason=reason, error=str(exc))
 
     def reload(self) -> None:
         """SIGHUP: re-read the config; apply subscriptions, enrichment, fsync and storage."""
@@ -398,6 +460,7 @@ class Recorder:
         self.cfg.enrich, self.cfg.storage, self.cfg.checkpoint = cfg.enrich, cfg.storage, cfg.checkpoint
         for key in ("fsync", "commit_interval_ms", "commit_records", "subscribe", "log_level"):
             setattr(self.cfg.daemon, key, getattr(cfg.daemon, key))
+        logs.set_level(cfg.daemon.log_level)
         self.writer.fsync = cfg.daemon.fsync
         self.enrich = enrich.pipeline(cfg.enrich)
         self.bus.subscribe(cfg.daemon.subscribe)
@@ -408,17 +471,34 @@ class Recorder:
     # --- stop ------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Drain what the socket still holds, write it, write a stop record, commit."""
+        """Drain what the socket still holds, write it, write a stop record, commit.
+
+        Whatever cannot be written in time (a backlog larger than the drain
+        allows, lines held while the disk is full) is counted in a gap record
+        before the stop record; on a full disk the reserve makes room for both.
+        """
         self.notify.stopping()
-        deadline = time.monotonic() + DRAIN_SECONDS
-        while time.monotonic() < deadline and (batch := self.bus.receive(BATCH)):
+        started = time.monotonic()
+        while time.monotonic() < started + DRAIN_SECONDS and (batch := self.bus.receive(BATCH, BATCH_BYTES)[0]):
             self.record_batch(batch)
+        left = self.bus.discard(started + DRAIN_SECONDS + COUNT_SECONDS)
+        if left["dropped"]:
+            log.error("shutdown_backlog_dropped", **left, hint="the backlog was larger than a stop can drain")
+            self.record_gap({"reason": "shutdown", **left})
         if self.spool.lines:
             self.retry_spool()
-        if not self.spool.lines:
-            self.checkpoint("shutdown")
-        self.record_system("stop", {"pid": os.getpid(), "recorded": self.recorded,
-                                    "spooled_unwritten": len(self.spool.lines)})
+        lost = self.spool.abandon()
+        if lost:
+            self.seq -= lost["held_in_memory"]  # those lines never reached the disk: their seqs are reused
+            self.reserve.release()
+            log.error("disk_full_at_stop", **lost, hint="free space on the log dir's filesystem")
+            self.record_gap({"reason": "disk_full", **lost})
+        else:
+            self.checkpoint_when_possible("shutdown")
+        self.record_system("stop", {"pid": os.getpid(), "recorded": self.recorded})
+        if self.spool.lines:
+            log.error("stop_record_unwritten", lines=len(self.spool.lines),
+                      hint="no room even for the stop record; the next start records the downtime as a gap")
         self.commit()
         self.indexer.stop()
         self.close()
@@ -456,10 +536,12 @@ class Recorder:
             "fsync": self.cfg.daemon.fsync,
             "disk_full": bool(self.spool.lines),
             "spooled": len(self.spool.lines),
+            "checkpoint_deferred": self.deferred_checkpoint,
             "dropped": self.spool.dropped,
             "active_segment_bytes": self.writer.size,
             "launched": self.launched,
             "indexer_pid": self.indexer.pid,
+            "indexer_restarts": self.indexer.restarts,
             "agents": sorted(str(a.get("agent")) for a in self.presence.known.values()),
             "last_checkpoint": None if self.last_checkpoint is None else {
                 k: self.last_checkpoint[k] for k in ("id", "label", "reason", "created_at", "last_seq")},

@@ -11,7 +11,12 @@ This module is the only place that knows how frames map to record fields:
   else to ``payload_b64``; a topic that is not UTF-8 goes to ``topic_b64``;
   frames after the payload go to ``extra_b64``;
 * ``meta.sha256`` is the SHA-256 over every frame, each preceded by its length
-  as an 8-byte big-endian integer, so anyone can check a record.
+  as an 8-byte big-endian integer, so anyone can check a record;
+* JSON nested deeper than ``MAX_DEPTH`` levels is kept as its exact text in
+  ``payload_text`` (``meta.payload_note`` says why): every reader can parse and
+  re-serialise every line this module writes;
+* a bus message whose topic starts with ``$persist/`` gets ``"origin":"bus"``,
+  so that nothing ever takes it for one of the daemon's own records.
 
 It never touches files: ``store`` writes the lines, ``reader`` reads them.
 """
@@ -30,6 +35,12 @@ import orjson
 VERSION = 1
 SYSTEM_PREFIX = "$persist/"
 NOT_JSON = object()  # Message.value when the payload is not JSON
+TOO_DEEP_JSON = object()  # Message.value when the payload is JSON nested deeper than MAX_DEPTH
+MAX_DEPTH = 200  # deeper JSON is kept as text: orjson re-serialises 254 levels, and readers add a few
+TOO_DEEP = f"JSON nested deeper than {MAX_DEPTH} levels, kept as text"
+_DEPTH_PROBE = 255 - MAX_DEPTH - 1  # wrapping a value this many times more fails orjson.dumps iff it is too deep
+TOPIC_CACHE_BYTES = 1 << 20  # encoded topics kept for reuse, counted in bytes: topics come from publishers
+TOPIC_CACHE_ITEM = 1 << 10  # a longer topic is encoded each time, never kept
 _random_bits = random.Random().getrandbits
 
 
@@ -43,6 +54,7 @@ class Message:
     payload: bytes = b""
     value: Any = NOT_JSON
     text: str | None = field(default=None)  # payload as text, computed on demand
+    own: bool = False  # written by the daemon about itself, never by a publisher
 
     @classmethod
     def from_frames(cls, frames: list[bytes], received_ns: int) -> Message:
@@ -54,6 +66,9 @@ class Message:
             value = orjson.loads(payload)
         except orjson.JSONDecodeError:
             value = NOT_JSON
+        else:
+            if payload.count(b"[") + payload.count(b"{") > MAX_DEPTH and too_deep(value):
+                value = TOO_DEEP_JSON
         return cls(frames, received_ns, topic_bytes.decode("utf-8", "backslashreplace"), payload, value)
 
     def payload_text(self) -> str:
@@ -61,6 +76,17 @@ class Message:
         if self.text is None:
             self.text = self.payload.decode("utf-8", "backslashreplace")
         return self.text
+
+
+def too_deep(value: Any) -> bool:
+    """True if ``value`` nests deeper than ``MAX_DEPTH`` (only asked when its text has that many brackets)."""
+    for _ in range(_DEPTH_PROBE):
+        value = [value]
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return True
+    return False
 
 
 def frames_sha256(frames: list[bytes]) -> str:
@@ -113,36 +139,51 @@ def _b64(data: bytes) -> str:
 
 
 def _json_string(text: str) -> bytes:
-    """``text`` as a JSON string literal; topics repeat, so each is encoded once."""
+    """``text`` as a JSON string literal; short topics repeat, so each is encoded once.
+
+    The cache is bounded in bytes, whatever topics publishers make up.
+    """
+    global _json_strings_bytes
     found = _json_strings.get(text)
     if found is None:
-        if len(_json_strings) >= 10_000:
-            _json_strings.clear()
-        found = _json_strings[text] = orjson.dumps(text)
+        found = orjson.dumps(text)
+        if len(found) <= TOPIC_CACHE_ITEM:
+            if _json_strings_bytes + len(found) > TOPIC_CACHE_BYTES:
+                _json_strings.clear()
+                _json_strings_bytes = 0
+            _json_strings[text] = found
+            _json_strings_bytes += len(found)
     return found
 
 
 _json_strings: dict[str, bytes] = {}
+_json_strings_bytes = 0
 _LINE = b'{"v":%d,"seq":%d,"id":"%b","received_at":"%b","topic":%b%b,"meta":%b,%b%b\n'
 
 
-def encode(msg: Message, seq: int, meta: dict[str, Any]) -> bytes:
+def encode(msg: Message, seq: int, meta: dict[str, Any], sha256: str | None = None) -> bytes:
     """The record line (ending in ``\\n``) for ``msg`` with sequence number ``seq``.
 
     ``meta`` is what enrichment produced; ``bytes`` and ``sha256`` are set here
-    so that no enricher can make a record unverifiable. The line is put
+    so that no enricher can make a record unverifiable (``sha256`` is passed
+    in when the caller has already hashed these frames). The line is put
     together from its parts: the payload, when it can be, is copied verbatim,
     never re-serialised.
     """
     payload, frames = msg.payload, msg.frames
     meta["bytes"] = len(payload)
-    meta["sha256"] = frames_sha256(frames)
+    meta["sha256"] = sha256 or frames_sha256(frames)
     framing = b""  # what a message of other than two frames, or with a non-UTF-8 topic, needs
     if len(frames) != 2:
         framing = b',"frames":1' if len(frames) == 1 else b',"extra_b64":' + orjson.dumps([_b64(f) for f in frames[2:]])
     if "\\" in msg.topic and msg.topic.encode() != frames[0]:
         framing += b',"topic_b64":"' + _b64(frames[0]).encode() + b'"'
-    if msg.value is not NOT_JSON and b"\n" not in payload and b"\r" not in payload:
+    if msg.topic.startswith(SYSTEM_PREFIX) and not msg.own:
+        framing += b',"origin":"bus"'
+    if msg.value is TOO_DEEP_JSON:
+        meta["payload_note"] = TOO_DEEP
+        last, payload = b"", orjson.dumps(_payload_fields(msg))[1:]
+    elif msg.value is not NOT_JSON and b"\n" not in payload and b"\r" not in payload:
         last, payload = b'"payload":', payload + b"}"  # verbatim: the publisher's own JSON text, last
     else:
         last, payload = b"", orjson.dumps(_payload_fields(msg))[1:]
@@ -152,7 +193,7 @@ def encode(msg: Message, seq: int, meta: dict[str, Any]) -> bytes:
 
 def _payload_fields(msg: Message) -> dict[str, Any]:
     """The payload's fields when it cannot be written verbatim (SPEC section 4)."""
-    if msg.value is not NOT_JSON:  # JSON with raw line breaks: the value, and the exact text
+    if msg.value is not NOT_JSON and msg.value is not TOO_DEEP_JSON:  # JSON with raw line breaks: value and text
         return {"payload": msg.value, "payload_text": msg.payload.decode("utf-8")}
     try:
         return {"payload_text": msg.payload.decode("utf-8")}
@@ -164,7 +205,7 @@ def system_message(topic: str, payload: dict[str, Any], received_ns: int | None 
     """A ``$persist/...`` message the daemon records about itself."""
     body = orjson.dumps(payload)
     frames = [(SYSTEM_PREFIX + topic).encode(), body]
-    return Message(frames, received_ns or time.time_ns(), frames[0].decode(), body, payload)
+    return Message(frames, received_ns or time.time_ns(), frames[0].decode(), body, payload, own=True)
 
 
 def decode_frames(line: bytes, rec: dict[str, Any] | None = None) -> list[bytes]:
@@ -188,5 +229,5 @@ def decode_frames(line: bytes, rec: dict[str, Any] | None = None) -> list[bytes]
 
 
 def is_system(rec: dict[str, Any]) -> bool:
-    """True for records the daemon wrote about itself."""
-    return rec.get("topic", "").startswith(SYSTEM_PREFIX)
+    """True for records the daemon wrote about itself (never a bus message on a ``$persist/`` topic)."""
+    return rec.get("topic", "").startswith(SYSTEM_PREFIX) and "origin" not in rec

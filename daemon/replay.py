@@ -3,7 +3,9 @@
 Never replays the daemon's own ``$persist/`` records. Paced by the original
 gaps between messages divided by ``rate`` (or as fast as possible). Sends
 through an XPUB socket so that it can wait until a subscriber is there before
-the first message: nothing is lost to the slow-joiner effect.
+the first message: nothing is lost to the slow-joiner effect. Each message is
+announced to the daemon recording the log first, so that if the replay goes
+back onto the recorded bus its copy is marked ``meta.replay_of``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 import zmq
 
 from persist.daemon import reader
+from persist.daemon.control import ask
+from persist.daemon.errors import ControlError
 from persist.daemon.record import is_system
 from persist.daemon.store import LogDir
 
@@ -90,3 +94,32 @@ def send(sock: zmq.Socket, entries: Iterator[reader.Entry], rate: float | None,
         if sent:
             sent(e)
     return n
+
+
+def announced(entries: Iterator[reader.Entry], log: LogDir, chunk: int) -> Iterator[reader.Entry]:
+    """``entries``, each announced to the daemon recording ``log`` before it is sent, ``chunk``
+    at a time, so that the copy it records is stamped ``meta.replay_of`` (SPEC section 4).
+
+    Without a daemon there is nobody to tell: the entries pass unannounced.
+    """
+    buffered: list[reader.Entry] = []
+    listening = True
+    for e in entries:
+        buffered.append(e)
+        if len(buffered) >= chunk:
+            listening = listening and _announce(log, buffered)
+            yield from buffered
+            buffered = []
+    if buffered and listening:
+        _announce(log, buffered)
+    yield from buffered
+
+
+def _announce(log: LogDir, entries: list[reader.Entry]) -> bool:
+    """Tell the daemon which frames are about to come back; False if no daemon answers."""
+    marks = " ".join(f"{e.rec['meta']['sha256']}:{e.seq}" for e in entries if "sha256" in e.rec.get("meta", {}))
+    try:
+        ask(log.control_endpoint, f"replay_expect {marks}", timeout_ms=2000)
+    except ControlError:
+        return False
+    return True

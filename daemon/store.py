@@ -270,6 +270,28 @@ class SegmentWriter:
         self.size += len(data)
         self.uncommitted += 1
 
+    def append_fitting(self, lines: list[bytes], chunk_bytes: int = 1 << 20) -> int:
+        """Append as many of ``lines`` as the disk takes, in order; return how many were written.
+
+        After a full disk, a little space back is a little recorded: chunks
+        that do not fit are halved down to a single line before giving up.
+        """
+        written = 0
+        while written < len(lines):
+            end, size = written, 0
+            while end < len(lines) and (end == written or size + len(lines[end]) <= chunk_bytes):
+                size += len(lines[end])
+                end += 1
+            try:
+                self.append(b"".join(lines[written:end]))
+            except DiskFull:
+                if end - written == 1:
+                    return written
+                chunk_bytes = max(1, size // 2)
+                continue
+            written = end
+        return written
+
     def commit(self, mark: int = 0, wait: bool = True) -> None:
         """fsync what was appended (unless ``--fsync off``); ``durable`` reaches ``mark`` once done.
 

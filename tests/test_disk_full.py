@@ -11,11 +11,13 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import signal
 import subprocess
+import time
 
 import pytest
 
-from procs import wait_for
+from procs import run, wait_for
 
 
 class Tmpfs:
@@ -96,3 +98,106 @@ def test_disk_full_spools_drops_with_a_gap_and_resumes_by_itself(recorder, full_
 def test_disk_full_by_file_size_limit(recorder, workdir):
     """The non-root mechanism, run everywhere so both paths stay tested."""
     test_disk_full_spools_drops_with_a_gap_and_resumes_by_itself(recorder, FileSizeLimit(workdir))
+
+
+def free_some(disk, daemon, nbytes: int) -> None:
+    """Give back only ``nbytes``: a little space, not enough for everything held."""
+    if isinstance(disk, Tmpfs):
+        os.truncate(disk.filler, max(0, disk.filler.stat().st_size - nbytes))
+    else:
+        soft, hard = resource.prlimit(daemon.proc.pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(daemon.proc.pid, resource.RLIMIT_FSIZE, (soft + nbytes, hard))
+
+
+def test_a_full_disk_outlasts_checkpoints_and_a_little_space_resumes_a_little(recorder, full_disk):
+    daemon, p = recorder("[storage]\nbacklog_bytes = 2000000\n", "--checkpoint-interval", "1",
+                         log_dir=full_disk.mnt / "logs")
+    full_disk.fill(daemon)
+    n = 2000
+    for i in range(n):
+        p.send(b"full", b'{"i":%d,"pad":"%s"}' % (i, b"y" * 200))
+    wait_for(lambda: daemon.status()["spooled"] >= n, what="every message held in memory")
+    time.sleep(3.5)  # three timer checkpoints come due on the full disk
+    os.kill(daemon.daemon_pid(), signal.SIGUSR1)
+    time.sleep(0.5)
+    status = daemon.status()
+    assert daemon.proc.poll() is None, daemon.errors()
+    assert status["disk_full"] and status["checkpoint_deferred"] in ("timer", "signal")
+
+    held = status["spooled"]
+    free_some(full_disk, daemon, 60_000)
+    wait_for(lambda: 0 < daemon.status()["spooled"] < held, what="a little space to record a little")
+    assert daemon.status()["disk_full"], "still full: the rest waits"
+
+    full_disk.free(daemon)
+    wait_for(lambda: not daemon.status()["disk_full"], what="recording to resume")
+    wait_for(lambda: (daemon.status()["last_checkpoint"] or {}).get("last_seq", 0) >= held,
+             what="the deferred checkpoint, once space returned")
+    assert daemon.stop() == 0
+    recs = daemon.records()
+    assert [e.seq for e in recs] == list(range(1, len(recs) + 1))
+    assert sorted(e.rec["payload"]["i"] for e in recs if e.rec["topic"] == "full") == list(range(n)), "nothing lost"
+    verify = run("persist-cli", "verify", "--log-dir", str(daemon.log_dir))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_sigterm_on_a_full_disk_counts_what_was_held(recorder, full_disk):
+    daemon, p = recorder("[storage]\nbacklog_bytes = 2000000\n", log_dir=full_disk.mnt / "logs")
+    full_disk.fill(daemon)
+    n = 500
+    for i in range(n):
+        p.send(b"held", b'{"i":%d}' % i)
+
+    def written():
+        return sum(e.rec["topic"] == "held" for e in daemon.records())
+
+    wait_for(lambda: daemon.status()["spooled"] + written() >= n, what="every message written or held")
+    assert daemon.status()["spooled"], "the disk is full"
+    assert daemon.stop() == 0, daemon.errors()
+    full_disk.free(daemon)
+    daemon.start()
+    recs = daemon.records()
+    assert [e.seq for e in recs] == list(range(1, len(recs) + 1)), "held lines never reached the disk: seq reused"
+    if isinstance(full_disk, Tmpfs):  # the reserve is freed for the last word (a file-size limit frees nothing)
+        gap = next(e.rec["payload"] for e in recs if e.rec["topic"] == "$persist/gap")
+        assert gap["reason"] == "disk_full" and gap["dropped"] == gap["held_in_memory"] == n - written()
+        stops = [e for e in recs if e.rec["topic"] == "$persist/stop"]
+        assert stops, "the stop record found room"
+    else:
+        gap = next(e.rec["payload"] for e in recs if e.rec["topic"] == "$persist/gap")
+        assert gap["reason"] == "not_running", "no room for a count: the downtime is a gap"
+
+
+def test_a_manifest_with_no_room_is_written_when_room_returns(recorder, workdir):
+    mnt = workdir / "inodes"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=64", "tmpfs", str(mnt)]).returncode:
+        return test_a_full_disk_outlasts_checkpoints_and_a_little_space_resumes_a_little(recorder, FileSizeLimit(workdir))
+    try:
+        daemon, p = recorder(None, log_dir=mnt / "logs")
+        wait_for(lambda: daemon.status()["indexer_pid"], what="the indexer's files")
+        time.sleep(0.5)
+        fillers = []
+        while True:  # take every inode left: appends still work, a new file does not
+            try:
+                path = mnt / f"f{len(fillers)}"
+                path.touch()
+                fillers.append(path)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+        p.send(b"before", b"{}")
+        os.kill(daemon.daemon_pid(), signal.SIGUSR1)
+        announced = wait_for(lambda: [e.rec["payload"]["id"] for e in daemon.records()
+                                      if e.rec["topic"] == "$persist/checkpoint"], what="the checkpoint record")
+        time.sleep(0.5)
+        assert daemon.proc.poll() is None, daemon.errors()
+        assert not (daemon.log.checkpoints / f"{announced[-1]}.json").exists()
+        for path in fillers[:8]:
+            path.unlink()
+        wait_for(lambda: (daemon.log.checkpoints / f"{announced[-1]}.json").exists(),
+                 what="the manifest, once an inode is free")
+        assert daemon.stop() == 0
+        assert run("persist-cli", "verify", "--log-dir", str(daemon.log_dir)).returncode == 0
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

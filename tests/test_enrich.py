@@ -61,6 +61,9 @@ def boom(msg):
 
 def unserialisable(msg):
     return {"obj": object()}
+
+def not_a_dict(msg):
+    return "just a string"
 '''
 
 
@@ -92,5 +95,8 @@ def test_plugin_results_land_in_meta(workdir, recorder):
 
 
 def test_a_plugin_returning_non_json_never_costs_a_record(workdir, recorder):
-    meta = record_one(recorder, install_plugin(workdir, "shout", "unserialisable"))
-    assert "not serialisable" in meta["enrich_error"][0]
+    meta = record_one(recorder, install_plugin(workdir, "unserialisable", "shout", "not_a_dict"))
+    assert "unserialisable" in meta["enrich_error"][0] and "not_a_dict" in meta["enrich_error"][1]
+    assert meta["sender"] == "x" and meta["kind"] == "other", "the built-ins' fields are kept"
+    assert meta["shout"] == "AGENT.CHAT", "so are the other plugins'"
+    assert "obj" not in meta
