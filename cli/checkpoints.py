@@ -15,6 +15,7 @@ from persist.cli.common import (
 from persist.daemon import checkpoints as cps
 from persist.daemon import lock, reader, render, restore
 from persist.daemon.control import ControlError, ask
+from persist.daemon.record import is_system
 
 
 def find(log, ident: str) -> dict:
@@ -168,6 +169,6 @@ def conversation_upto(log, last_seq: int):
     for e in reader.records(log):
         if e.seq > last_seq:
             return
-        if not e.rec["topic"].startswith("$persist/"):
+        if not is_system(e.rec):
             yield e
 

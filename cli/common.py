@@ -20,6 +20,7 @@ import orjson
 
 from persist.daemon import config
 from persist.daemon.render import payload_text, speaker
+from persist.daemon.record import is_system
 from persist.daemon.store import LogDir
 
 
@@ -172,7 +173,7 @@ def parse_when(text: str | None, flag: str) -> str | None:
 def matches(rec: dict[str, Any], topic: str | None = None, sender: str | None = None,
             since: str | None = None, until: str | None = None, system: bool = True) -> bool:
     """The filters every reading command shares (topic is a prefix, like a subscription)."""
-    if not system and rec.get("topic", "").startswith("$persist/"):
+    if not system and is_system(rec):
         return False
     if topic is not None and not rec.get("topic", "").startswith(topic):
         return False

@@ -6,6 +6,7 @@ dropped, never raised: the recorder must not stop because its log cannot grow.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from typing import TextIO
@@ -15,7 +16,10 @@ import structlog
 
 
 def _json(_logger: object, _method: str, event: dict) -> str:
-    return orjson.dumps(event, default=str).decode()
+    try:
+        return orjson.dumps(event, default=str).decode()
+    except TypeError:  # an integer past 64 bits, a key that is not a string: a log line never stops us
+        return json.dumps(event, default=str)
 
 
 class _Unfailing:

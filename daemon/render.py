@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from persist.daemon.reader import Entry
-from persist.daemon.record import decode_frames
+from persist.daemon.record import decode_frames, is_system
 
 TEXT_FIELDS = ("text", "content", "message", "body", "prompt", "response", "result")
 FORMATS = ("markdown", "prompt", "json")
@@ -54,7 +54,7 @@ def exact_payload(rec: dict[str, Any], line: bytes | None) -> str:
 
 def speaker(rec: dict[str, Any]) -> str:
     meta = rec.get("meta", {})
-    if rec.get("topic", "").startswith("$persist/"):
+    if is_system(rec):
         return "persist"
     who = str(meta.get("sender") or "?")
     if meta.get("recipient"):
