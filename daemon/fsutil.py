@@ -86,11 +86,15 @@ def write_atomically(path: Path, data: bytes) -> None:
     tmp.unlink(missing_ok=True)  # left by a crash: a new file, never one found there, gets the data
     fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not keep what it could not finish
+        raise
     fsync_dir(path.parent)
