@@ -364,3 +364,25 @@ def test_reloads_under_load_lose_nothing(recorder):
     got = daemon.wait_records(n, timeout=60)
     assert sorted(orjson.loads(e.frames()[1])["i"] for e in got) == list(range(n))
     daemon.stop()
+
+
+def test_a_storm_of_stop_signals_stops_the_daemon_cleanly(recorder):
+    """Hundreds of SIGTERM/SIGINT while a burst is being written: exit 0, every record kept, a stop record."""
+    daemon, p = recorder()
+    n = 5000
+    for i in range(n):
+        p.send(b"storm", b'{"i":%d}' % i)
+    time.sleep(0.2)  # the burst reaches the daemon; it is still writing it
+    for i in range(300):
+        try:
+            os.kill(daemon.proc.pid, signal.SIGINT if i % 2 else signal.SIGTERM)
+        except ProcessLookupError:
+            break
+    code = daemon.proc.wait(15)
+    daemon.stderr.close()
+    assert code == 0, f"a storm of stop signals must end in a clean exit 0, not {code}: {daemon.errors()[-2000:]}"
+    assert "Traceback" not in daemon.errors()
+    recs = daemon.records()
+    assert [e.seq for e in recs] == list(range(1, len(recs) + 1)), "seq continuous"
+    assert sorted(orjson.loads(e.frames()[1])["i"] for e in recs if e.rec["topic"] == "storm") == list(range(n))
+    assert recs[-1].rec["topic"] == "$persist/stop", "the daemon wrote its stop record"
