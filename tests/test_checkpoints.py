@@ -6,6 +6,7 @@ import hashlib
 import json
 import signal
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -192,12 +193,64 @@ def test_unknown_checkpoint_suggests_the_closest(recorded):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def bytes_read_by_this_process() -> int:
+    """``rchar`` of /proc/self/io: every byte this process has read through read(2)/pread(2)."""
+    io = Path("/proc/self/io").read_text()
+    return int(io.split("rchar:")[1].split()[0])
+
+
 def test_hasher_is_incremental_and_exact(tmp_path):
+    """Each digest reads only what was appended since the last one, measured by the kernel's
+    count of bytes read; and bytes already hashed are never read again (an edit there goes
+    unseen by the running hash, where a re-hash would see it)."""
     path = tmp_path / "seg"
     hasher = cps.Hasher()
-    data = b""
+    data = b"".join(b'{"seq":%d,"pad":"%s"}\n' % (i, b"x" * 100) for i in range(80_000))  # ~9 MiB
+    path.write_bytes(data)
+    before = bytes_read_by_this_process()
+    assert hasher.digest("seg", path, len(data)) == (hashlib.sha256(data).hexdigest(), data.count(b"\n"))
+    assert bytes_read_by_this_process() - before >= len(data), "the first digest reads the whole prefix"
     for i in range(5):
-        data += b'{"seq":%d}\n' % i * 1000
-        path.write_bytes(data)
-        assert hasher.digest("seg", path, len(data)) == (hashlib.sha256(data).hexdigest(), data.count(b"\n"))
-    assert hasher.running["seg"][1] == len(data)
+        appended = b'{"seq":"more %d"}\n' % i * 1000
+        with open(path, "r+b") as f:  # an edit of bytes already hashed...
+            f.write(b"#" * 64)
+            f.seek(0, 2)
+            f.write(appended)  # ...and new bytes after them
+        data += appended
+        before = bytes_read_by_this_process()
+        got = hasher.digest("seg", path, len(data))
+        read = bytes_read_by_this_process() - before
+        assert read < len(appended) + (64 << 10), f"read {read} bytes for {len(appended)} appended: a re-hash"
+        assert got == (hashlib.sha256(data).hexdigest(), data.count(b"\n")), \
+            "the running hash covers exactly the bytes it saw, once each"
+        assert got[0] != hashlib.sha256(path.read_bytes()).hexdigest(), "the edited prefix was never re-read"
+
+
+def test_a_running_daemon_checkpoint_hashes_only_what_was_appended(recorded):
+    """An in-place edit of bytes an earlier checkpoint already hashed does not show in the next
+    checkpoint's hash (nothing re-read), while everything appended since is in it."""
+    daemon, p = recorded
+    daemon.proc.send_signal(signal.SIGUSR1)  # a checkpoint; its bytes are hashed from here on
+    wait_for(lambda: manifests(daemon.log_dir)[-1]["reason"] == "signal", what="SIGUSR1 checkpoint")
+    (hashed,) = manifests(daemon.log_dir)[-1]["segments"]
+    original = daemon.log.active.read_bytes()[: hashed["bytes"]]
+    i = original.index(b"burst 0 msg 3")
+    with open(daemon.log.active, "r+b") as f:  # same length, in place: the daemon's appends go on after it
+        f.seek(i)
+        f.write(b"BURST")
+    for k in range(10):
+        p.send(b"agent.chat", b'{"sender":"late","text":"after the edit %d"}' % k)
+    daemon.wait_records(40)
+    n = len(manifests(daemon.log_dir))
+    daemon.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: len(manifests(daemon.log_dir)) > n and manifests(daemon.log_dir)[-1]["reason"] == "signal",
+             what="a second SIGUSR1 checkpoint")
+    (seg,) = manifests(daemon.log_dir)[-1]["segments"]
+    now = daemon.log.active.read_bytes()
+    assert seg["bytes"] > hashed["bytes"] and b"after the edit 9" in now[hashed["bytes"]: seg["bytes"]]
+    incremental = hashlib.sha256(original + now[hashed["bytes"]: seg["bytes"]]).hexdigest()
+    rehashed = hashlib.sha256(now[: seg["bytes"]]).hexdigest()
+    assert seg["sha256"] != rehashed, "the checkpoint re-read bytes an earlier checkpoint had hashed"
+    assert seg["sha256"] == incremental, "the checkpoint hashes the bytes it saw, each once"
+    result = cli(daemon.log_dir, "verify")
+    assert result.returncode == 1, "verify, which does re-read, catches the edit"
