@@ -1,10 +1,18 @@
 """Restoring a checkpoint: in place (what came after is archived) or into a new log dir.
 
 Nothing is ever deleted. In place, every byte after the checkpoint is moved or
-copied into ``archive/<time>/`` before the log is cut back, and a
-``$persist/restore`` record (in the log) plus ``RESTORE.json`` (in the archive)
-link the fork in both directions. The caller holds the log dir's lock, so no
-daemon writes meanwhile.
+copied into a new ``archive/<time>-<n>/`` (created with an exclusive mkdir, so
+two restores never share one) before the log is cut back, and a
+``$persist/restore`` record (in the log) plus ``RESTORE.json`` (in the
+archive) link the fork in both directions.
+
+An in-place restore is one crash-safe step: its plan (every tail to set aside,
+every rename) is written to ``restore.intent`` first (temp, fsync, rename,
+fsync the directory); each step is idempotent; the intent is removed last. A
+restore cut short by a crash is finished from the intent by
+``finish_interrupted`` (on the daemon's next start, ``restore`` and
+``recover``), and its ``$persist/restore`` record is written exactly once. The
+caller holds the log dir's lock, so no daemon writes meanwhile.
 """
 
 from __future__ import annotations
@@ -16,28 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import structlog
 
 from persist.daemon import checkpoints, reader, retention
 from persist.daemon.errors import RestoreError
-from persist.daemon.fsutil import FILE_MODE, ensure_dir, fsync_dir, write_atomically
-from persist.daemon.record import encode, system_message
-from persist.daemon.store import LogDir, SegmentWriter, segment_name
+from persist.daemon.fsutil import DIR_MODE, FILE_MODE, ensure_dir, fsync_dir, write_atomically
+from persist.daemon.record import encode, is_system, system_message
+from persist.daemon.store import ACTIVE, LogDir, SegmentWriter, repair_tail
 
 Progress = Callable[[int], None]
-
-
-def _segment_files(log: LogDir) -> dict[str, Path]:
-    """Stable segment name → where that segment lives now."""
-    found = {p.name: p for p in sorted(log.segments.glob("*.jsonl"))} if log.segments.is_dir() else {}
-    active = reader.first_record(log.active)
-    if active is not None:
-        found[segment_name(active.seq)] = log.active
-    return found
+INTENT = "restore.intent"
+log_ = structlog.get_logger("persist.restore")
 
 
 def check_unchanged(log: LogDir, manifest: dict[str, Any]) -> dict[str, Path]:
     """The segment files of ``manifest``, after checking each still has the checkpointed bytes."""
-    files = _segment_files(log)
+    files = {seg.name: seg.path for seg in reader.segments(log)}
     hasher = checkpoints.Hasher()
     for seg in manifest["segments"]:
         path = files.get(seg["name"])
@@ -51,6 +53,12 @@ def check_unchanged(log: LogDir, manifest: dict[str, Any]) -> dict[str, Path]:
     return files
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _copy_prefix(src: Path, dst: Path, nbytes: int, progress: Progress | None) -> None:
     with open(src, "rb") as fin:
         fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
@@ -58,7 +66,9 @@ def _copy_prefix(src: Path, dst: Path, nbytes: int, progress: Progress | None) -
             left = nbytes
             while left:
                 chunk = fin.read(min(4 << 20, left))
-                os.write(fd, chunk)
+                if not chunk:
+                    raise RestoreError(f"{src} ended {left} bytes early; run persist-cli verify")
+                _write_all(fd, chunk)
                 left -= len(chunk)
                 if progress:
                     progress(len(chunk))
@@ -77,8 +87,8 @@ def _ancestry(log: LogDir, manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 def restore_to(log: LogDir, manifest: dict[str, Any], out: Path, progress: Progress | None = None) -> LogDir:
     """Write a complete, self-contained log dir for ``manifest`` at ``out``; touch nothing else."""
-    if out.exists() and any(out.iterdir()):
-        raise RestoreError(f"{out} already exists and is not empty; choose a new --out directory")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RestoreError(f"{out} already exists and is not an empty directory; choose a new --out directory")
     files = check_unchanged(log, manifest)
     target = LogDir(out)
     target.create()
@@ -93,54 +103,136 @@ def restore_to(log: LogDir, manifest: dict[str, Any], out: Path, progress: Progr
     return target
 
 
-def restore_in_place(log: LogDir, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Make the log what it was at ``manifest``; set everything after it aside in archive/."""
+def new_archive(log: LogDir) -> Path:
+    """A new, never used ``archive/<time>-<n>/`` (an exclusive mkdir: two restores never share one)."""
+    parent = ensure_dir(log.root / "archive")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    n = 1
+    while True:
+        path = parent / f"{stamp}-{n}"
+        try:
+            path.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            n += 1
+            continue
+        fsync_dir(parent)
+        return path
+
+
+def plan(log: LogDir, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Every step of restoring ``manifest`` in place, as paths relative to the log dir."""
     files = check_unchanged(log, manifest)
     kept = {seg["name"]: seg["bytes"] for seg in manifest["segments"]}
     cut_name = manifest["segments"][-1]["name"] if manifest["segments"] else None
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    archive = ensure_dir(log.root / "archive" / stamp)
-    last_after = reader.last_record(log)
-    set_aside = (last_after.seq - manifest["last_seq"]) if last_after else 0
+    archive = new_archive(log)
+
+    def rel(p: Path) -> str:
+        return str(p.relative_to(log.root))
+
+    tails, moves = [], []
     for name, path in files.items():
         if name not in kept:
-            os.rename(path, archive / name)
+            if path != log.active:  # the active one is set aside below, once
+                moves.append([rel(path), rel(archive / name)])
         elif path.stat().st_size > kept[name]:
-            tail = archive / f"{name}.after-{kept[name]}"
-            with open(path, "rb") as f:
-                f.seek(kept[name])
-                write_atomically(tail, f.read())
-            with open(path, "r+b") as f:
-                f.truncate(kept[name])
-                os.fsync(f.fileno())
+            tails.append([rel(path), kept[name], rel(archive / f"{name}.after-{kept[name]}")])
     if cut_name and files[cut_name] != log.active:
-        if log.active.exists():  # an empty active segment: nothing in it to keep
-            os.rename(log.active, archive / "current_session.jsonl")
-        os.rename(files[cut_name], log.active)
-    ids = [m["id"] for m in checkpoints.listing(log)]
-    later = ids[ids.index(manifest["id"]) + 1 :]
-    if later:
-        ensure_dir(archive / "checkpoints")
-        for ident in later:
-            os.rename(log.checkpoints / f"{ident}.json", archive / "checkpoints" / f"{ident}.json")
-    if (log.root / "metadata_index").exists():
-        os.rename(log.root / "metadata_index", archive / "metadata_index")
-    for d in (archive, log.segments, log.checkpoints, log.root):
-        if d.exists():
-            fsync_dir(d)
-    lineage = {"checkpoint": manifest["id"], "forked_at_seq": manifest["last_seq"],
-               "archived_to": str(archive.relative_to(log.root)), "set_aside_records": set_aside}
-    seq = manifest["last_seq"] + 1
+        if log.active.exists():  # an empty active segment is set aside too
+            moves.append([ACTIVE, rel(archive / ACTIVE)])
+        moves.append([rel(files[cut_name]), ACTIVE])
+    ids = [m["id"] for m in checkpoints.readable(log)]
+    for ident in ids[ids.index(manifest["id"]) + 1 :] if manifest["id"] in ids else []:
+        moves.append([rel(log.checkpoints / f"{ident}.json"), rel(archive / "checkpoints" / f"{ident}.json")])
+    moves.append(["metadata_index", rel(archive / "metadata_index")])
+    last_after = reader.last_record(log)
+    return {"checkpoint": manifest["id"], "forked_at_seq": manifest["last_seq"], "archived_to": rel(archive),
+            "set_aside_records": (last_after.seq - manifest["last_seq"]) if last_after else 0,
+            "tails": tails, "moves": moves, "moved": False}
+
+
+def restore_in_place(log: LogDir, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Make the log what it was at ``manifest``; set everything after it aside in archive/."""
+    finish_interrupted(log)
+    steps = plan(log, manifest)
+    write_atomically(log.root / INTENT, orjson.dumps(steps))
+    return carry_out(log, steps)
+
+
+def finish_interrupted(log: LogDir) -> dict[str, Any] | None:
+    """Finish an in-place restore a crash cut short (its ``restore.intent``); None if there was none."""
+    path = log.root / INTENT
+    try:
+        steps = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except orjson.JSONDecodeError as exc:
+        raise RestoreError(f"{path} cannot be read ({exc}); move it away and run persist-cli verify") from None
+    log_.warning("restore_resumed", checkpoint=steps["checkpoint"], archive=steps["archived_to"])
+    return carry_out(log, steps)
+
+
+def carry_out(log: LogDir, steps: dict[str, Any]) -> dict[str, Any]:
+    """Do (or redo) every step of ``steps``; each one is idempotent, the intent goes last."""
+    root = log.root
+    if not steps["moved"]:
+        for src, kept, dst in steps["tails"]:
+            _set_tail_aside(root / src, kept, root / dst)
+        for src, dst in steps["moves"]:
+            _move(root / src, root / dst)
+        for d in {root / steps["archived_to"], root / steps["archived_to"] / "checkpoints", log.segments,
+                  log.checkpoints, root}:
+            if d.exists():
+                fsync_dir(d)
+        steps = {**steps, "moved": True}
+        write_atomically(root / INTENT, orjson.dumps(steps))
+    lineage = {k: steps[k] for k in ("checkpoint", "forked_at_seq", "archived_to", "set_aside_records")}
+    result = {**lineage, "restore_record_seq": _record_once(log, lineage)}
+    write_atomically(root / steps["archived_to"] / "RESTORE.json", orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    (root / INTENT).unlink()
+    fsync_dir(root)
+    return result
+
+
+def _set_tail_aside(src: Path, kept: int, dst: Path) -> None:
+    """Copy ``src`` beyond ``kept`` bytes to ``dst`` (once), then cut ``src`` to ``kept``."""
+    try:
+        fd = os.open(src, os.O_RDWR)
+    except FileNotFoundError:  # moved on by a later step already
+        return
+    try:
+        size = os.fstat(fd).st_size
+        if size > kept and not dst.exists():
+            ensure_dir(dst.parent)
+            write_atomically(dst, os.pread(fd, size - kept, kept))
+        if size > kept:
+            os.ftruncate(fd, kept)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _move(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` unless that was done already."""
+    if dst.exists() or not src.exists():
+        return
+    ensure_dir(dst.parent)
+    os.rename(src, dst)
+
+
+def _record_once(log: LogDir, lineage: dict[str, Any]) -> int:
+    """Append the ``$persist/restore`` record unless a crash came after it was written; its seq."""
+    seq = lineage["forked_at_seq"] + 1
+    repair_tail(log.active, log.recovery)  # a record torn by the crash is quarantined, not built upon
+    last = reader.last_record(log)
+    if last is not None and last.seq == seq and is_system(last.rec) and last.rec["topic"] == "$persist/restore":
+        return seq
     first = reader.first_record(log.active)
     writer = SegmentWriter(log, "always")
     writer.open(first.seq if first else None)
     writer.append(encode(system_message("restore", lineage), seq, {}))
     writer.close()
-    write_atomically(archive / "RESTORE.json", orjson.dumps({**lineage, "restore_record_seq": seq},
-                                                            option=orjson.OPT_INDENT_2))
-    return {**lineage, "restore_record_seq": seq}
+    return seq
 
 
 def copy_tree_size(manifest: dict[str, Any]) -> int:
     return sum(seg["bytes"] for seg in manifest["segments"])
-
