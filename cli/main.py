@@ -14,6 +14,7 @@ import click
 
 from persist.cli.common import Failure, UsageError
 from persist.daemon.errors import CheckpointError, ControlError, RestoreError, SearchIndexError
+from persist.daemon.fsutil import NotOurs
 
 COMMANDS = {
     "status": "status:status",
@@ -55,7 +56,7 @@ class Group(click.Group):
             raise UsageError(f"{exc.format_message()} (see {where} --help)") from None
         except (CheckpointError, RestoreError) as exc:
             raise UsageError(str(exc)) from None
-        except (ControlError, SearchIndexError) as exc:
+        except (ControlError, SearchIndexError, NotOurs) as exc:
             raise Failure(str(exc)) from None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from persist.daemon.fsutil import open_private, read_private
+from persist.daemon.fsutil import check_owned, open_private, read_private
 from persist.daemon.store import LogDir
 
 
@@ -51,7 +51,11 @@ def is_locked(log: LogDir) -> bool:
 
 
 def acquire(log: LogDir) -> int:
-    """Take the lock for this process and note its pid in ``daemon.lock``; return the fd that keeps it."""
+    """Take the lock for this process and note its pid in ``daemon.lock``; return the fd that keeps it.
+
+    Whoever takes it writes in the log dir: ``NotOurs`` if anything there is not this user's.
+    """
+    check_owned(log.root)
     fd = _open_dir(log)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

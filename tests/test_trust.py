@@ -118,3 +118,16 @@ def test_every_file_a_launched_daemon_creates_is_private(broker, workdir):
         os.umask(old)
     assert private_modes(log.root) == []
 
+
+
+def test_cli_commands_that_write_refuse_a_planted_symlink(workdir):
+    log = LogDir(workdir / "logs")
+    log.create()
+    log.active.write_text("")
+    target = workdir / "precious"
+    target.write_text("do not touch\n")
+    log.lock_file.symlink_to(target)
+    result = run("persist-cli", "recover", "--log-dir", str(log.root))
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert str(log.lock_file) in result.stderr and "symbolic link" in result.stderr
+    assert target.read_text() == "do not touch\n"
