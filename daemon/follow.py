@@ -15,9 +15,7 @@ import queue
 from collections.abc import Iterator
 from typing import BinaryIO
 
-import orjson
-
-from persist.daemon.reader import Entry
+from persist.daemon.reader import Entry, entry
 from persist.daemon.store import LogDir
 from persist.daemon.watch import watch
 
@@ -46,10 +44,10 @@ def follow(log: LogDir, after_seq: int, poll: float = 1.0) -> Iterator[Entry]:
                 cut = data.rfind(b"\n") + 1
                 pending = data[cut:]
                 for line in data[:cut].splitlines(keepends=True):
-                    rec = orjson.loads(line)
-                    if rec["seq"] > after_seq:
-                        after_seq = rec["seq"]
-                        yield Entry(rec, line, log.active)
+                    e = entry(line, log.active)  # None for a line that is not a record: skipped, never fatal
+                    if e is not None and e.seq > after_seq:
+                        after_seq = e.seq
+                        yield e
                 if rotated:
                     f.close()  # the old file was read to its end above
                     f = None

@@ -76,7 +76,7 @@ def deleted(log: LogDir, name: str) -> dict[str, Any] | None:
 
 def expired(log: LogDir, policy: Policy, now: float) -> list[Path]:
     """Closed segments past the policy, oldest first."""
-    closed = sorted(log.segments.glob("*.jsonl"))
+    closed = [seg.path for seg in reader.closed_segments(log)]
     if policy.max_age_s is not None:
         return [p for p in closed if now - p.stat().st_mtime > policy.max_age_s]
     kept = log.active.stat().st_size if log.active.exists() else 0
@@ -123,7 +123,7 @@ def delete(log: LogDir, path: Path, policy: Policy) -> dict[str, Any]:
 def apply(log: LogDir, policy: Policy | None, now: float | None = None) -> list[dict[str, Any]]:
     """Delete what the policy no longer keeps; finish deletions a crash interrupted."""
     done = []
-    for path in sorted(log.segments.glob("*.jsonl")):
+    for path in [seg.path for seg in reader.closed_segments(log)]:
         gone = deleted(log, path.name)
         # Tombstoned, then the crash: finish it. A segment that only shares the name (seq
         # numbers start again after an in-place restore) does not match its tombstone: kept.

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from persist.daemon import index, reader
+from persist.daemon.follow import follow
 from persist.daemon.record import frames_sha256
 from persist.daemon.store import LogDir
 from procs import run, wait_for
@@ -157,6 +158,9 @@ def test_lines_too_deep_to_parse_or_serialise_written_into_a_log_dir(workdir):
         assert result.returncode == 0, (fmt, result.stderr[-500:])
     assert "chasm" in cli(log.root, "export", "--format", "markdown").stdout
     assert cli(log.root, "recent", "--json").returncode == 0
+    following = follow(log, after_seq=2, poll=0.1)
+    assert next(following).seq == 4, "recent --follow steps over a line it cannot parse"
+    following.close()
     assert cli(log.root, "index", "rebuild").returncode == 0
     got = cli(log.root, "search", "hello", "--json")
     assert sorted(orjson.loads(x)["seq"] for x in got.stdout.splitlines()) == [1, 4]
