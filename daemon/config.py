@@ -143,6 +143,11 @@ def _check(key: str, hint: Any, value: Any, source: str | None) -> Any:
         value = float(value)
     if not isinstance(value, hint) or isinstance(value, bool):
         raise ConfigError(key, f"must be {hint.__name__}, got {value!r}", source)
+    if hint is str and not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:  # bytes from the environment or a flag that are not UTF-8
+            raise ConfigError(key, f"must be UTF-8 text, got {value!r}", source) from None
     if hint in (int, float):
         top = MAXIMA.get(key, INT_MAX if hint is int else FLOAT_MAX)
         if not 0 < value <= top:  # nan fails every comparison

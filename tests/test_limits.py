@@ -31,7 +31,8 @@ def test_out_of_range_numbers_fail_check_config_naming_the_key(workdir, toml, wo
 
 @pytest.mark.parametrize(("env", "key"), [({"PERSIST_CHECKPOINT_INTERVAL": "nan"}, "checkpoint.interval"),
                                           ({"PERSIST_RECEIVE_HWM": "1e30"}, "daemon.receive_hwm"),
-                                          ({"PERSIST_LAUNCHER_GRACE_S": "inf"}, "launcher.grace_s")])
+                                          ({"PERSIST_LAUNCHER_GRACE_S": "inf"}, "launcher.grace_s"),
+                                          ({"PERSIST_LOG_DIR": "/tmp/not-utf8-\udcff"}, "daemon.log_dir")])
 def test_out_of_range_environment_values(env, key):
     one_line_error(run("persist-daemon", "--check-config", env=env), 2, key)
 
