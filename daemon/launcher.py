@@ -1,9 +1,9 @@
 """``ensure_daemon()``: from an agent's entry point, a daemon is recording, exactly once.
 
 Ten agents calling it at the same instant get one daemon: each takes
-``launcher.lock`` (an flock) in turn; the first finds no daemon holding
-``daemon.lock`` and starts one, detached (its own session, output to
-``daemon.log``), and waits until it answers on its control socket; the others
+``launcher.lock`` (an flock) in turn; the first finds no daemon holding the
+log dir's lock and starts one, detached (its own session, output to
+``daemon.log``, 0600), and waits until it answers on its control socket; the others
 find it running. A daemon started here is told (``--launched``) to stop a grace
 period after the last registered agent leaves; one started any other way
 (systemd, by hand) is used as it is, never started twice and never stopped.
@@ -156,8 +156,8 @@ def _wait_answering(log: LogDir) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while _answers(log) is None:
         if time.monotonic() > deadline:
-            raise DaemonStartError(f"pid {lock.holder_pid(log)} holds {log.lock_file} but does not answer on "
+            raise DaemonStartError(f"pid {lock.holder_pid(log)} holds the lock on {log.root} but does not answer on "
                                    f"{log.control_endpoint}; check its log")
         if not lock.is_locked(log):
-            raise DaemonStartError(f"the daemon holding {log.lock_file} went away while starting")
+            raise DaemonStartError(f"the daemon holding the lock on {log.root} went away while starting")
         time.sleep(0.05)
