@@ -128,7 +128,7 @@ def verify_cmd(cfg, log) -> None:
     from persist.daemon.verify import verify  # here, not at the top: `recent` starts faster without it
 
     require_log(log)
-    total = sum(p.stat().st_size for p in log.segment_files())
+    total = sum(nbytes for _, nbytes in reader.sizes(log))
     with click.progressbar(length=total, label="verifying", file=progress_file()) as bar:
         problems, records = verify(log, bar.update)
     for p in problems:

@@ -12,7 +12,7 @@ import click
 from persist.cli.common import (
     Failure, UsageError, ago, json_lines, json_option, parse_when, require_log, style, table, with_log_dir,
 )
-from persist.daemon import index, render
+from persist.daemon import index, reader, render
 from persist.daemon.errors import SearchIndexError
 from persist.daemon.search import HIGHLIGHT, Filters, close_threads, search, thread_rows, threads
 
@@ -143,9 +143,9 @@ def rebuild(cfg, log) -> None:
             p.unlink(missing_ok=True)
         db = index.connect(path)
         starts, total = {}, 0  # where each segment begins in the whole log, for the progress bar
-        for name, seg_path in index.stable_segments(log):
-            starts[name] = total
-            total += seg_path.stat().st_size
+        for seg, nbytes in reader.sizes(log):
+            starts[seg.name] = total
+            total += nbytes
         quiet = None if sys.stderr.isatty() else open(os.devnull, "w")
         with click.progressbar(length=total, label="indexing", file=quiet) as bar:
             count = index.catch_up(log, db, lambda seg, off: bar.update(starts.get(seg, 0) + off - bar.pos))

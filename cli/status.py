@@ -21,7 +21,7 @@ from persist.daemon.store import LogDir
 
 
 def disk(log) -> dict:
-    used = sum(p.stat().st_size for p in log.segment_files())
+    used = sum(nbytes for _, nbytes in reader.sizes(log))
     free = shutil.disk_usage(log.root).free
     return {"log_bytes": used, "disk_free_bytes": free}
 

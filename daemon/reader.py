@@ -140,6 +140,17 @@ def segments(log: LogDir) -> list[Segment]:
     return closed
 
 
+def sizes(log: LogDir) -> list[tuple[Segment, int]]:
+    """Every segment with its size now (one deleted or rotated meanwhile is left out: for progress and totals)."""
+    out = []
+    for seg in segments(log):
+        try:
+            out.append((seg, seg.path.stat().st_size))
+        except FileNotFoundError:
+            pass
+    return out
+
+
 def open_segment(log: LogDir, name: str) -> BinaryIO | None:
     """The segment ``name`` opened for reading, wherever it lives now; None if it is gone."""
     for _ in range(2):  # a rotation between the two looks moves it to segments/
