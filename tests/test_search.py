@@ -8,13 +8,14 @@ import sqlite3
 import subprocess
 import threading
 import time
+from datetime import datetime
 
 import orjson
 import pytest
 import zmq
 
 from persist.daemon import index
-from procs import BIN, process_gone, run, wait_for
+from procs import BIN, eventually, process_gone, run, wait_for
 
 
 def cli(log_dir, *args, **kw):
@@ -28,9 +29,25 @@ def hits(log_dir, *args):
 
 
 def indexed(log_dir, *args):
-    """For wait_for: the hits once there are some (the indexer may not have made the index yet)."""
+    """For waits: the hits once there are some, else a falsy value — never an assertion, so an
+    index the indexer has not made yet (search exits non-zero) only means: not yet."""
     result = cli(log_dir, "search", *args, "--json")
     return result.returncode == 0 and [orjson.loads(x) for x in result.stdout.splitlines()]
+
+
+def hit_count(log_dir, *args) -> int:
+    """How many hits a search has now; 0 while there is no index yet."""
+    return len(indexed(log_dir, *args) or [])
+
+
+def wait_indexed(log_dir, query, n=None, timeout=20.0):
+    """Wait until ``query`` has hits (exactly ``n`` if given), then assert, saying what was seen."""
+    if n is None:
+        found = eventually(lambda: indexed(log_dir, query), timeout, interval=0.05)
+        assert found, f"no hit for {query!r} within {timeout:.0f} s"
+        return found
+    ok = eventually(lambda: hit_count(log_dir, query) == n, timeout, interval=0.05)
+    assert ok, f"{query!r} has {hit_count(log_dir, query)} hits after {timeout:.0f} s, expected {n}"
 
 
 @pytest.fixture
@@ -57,15 +74,16 @@ def test_a_word_published_a_second_ago_is_found(talk):
     daemon, p = talk
     p.send(b"agent.chat", b'{"sender":"claude","text":"the word is xylophone"}')
     t0 = time.monotonic()
-    found = wait_for(lambda: indexed(daemon.log_dir, "xylophone"), timeout=10, interval=0.05, what="search hit")
+    found = eventually(lambda: indexed(daemon.log_dir, "xylophone"), timeout=10, interval=0.05)
     took = time.monotonic() - t0
+    assert found, "a word published 10 s ago is still not found"
     assert found[0]["payload"]["text"] == "the word is xylophone"
     assert took < 3.0, f"searchable after {took:.2f} s"
 
 
 def test_ranking_phrases_prefixes_and_filters(talk):
     daemon, _ = talk
-    wait_for(lambda: len(hits(daemon.log_dir, "backoff")) == 2, what="indexed")
+    wait_indexed(daemon.log_dir, "backoff", 2)
     assert {h["meta"]["sender"] for h in hits(daemon.log_dir, "backoff")} == {"gemini", "claude"}
     assert [h["meta"]["sender"] for h in hits(daemon.log_dir, '"retry loop"')] == ["claude"]
     assert len(hits(daemon.log_dir, "migrat*")) == 1
@@ -82,7 +100,7 @@ def test_ranking_phrases_prefixes_and_filters(talk):
 
 def test_json_hits_are_the_records_exactly(talk):
     daemon, _ = talk
-    wait_for(lambda: indexed(daemon.log_dir, "schema"), what="indexed")
+    wait_indexed(daemon.log_dir, "schema")
     result = cli(daemon.log_dir, "search", "schema", "--json")
     (line,) = result.stdout.encode().splitlines(keepends=True)
     assert line in [e.line for e in daemon.records()]
@@ -90,7 +108,7 @@ def test_json_hits_are_the_records_exactly(talk):
 
 def test_thread_in_order_across_topics_and_tools(talk):
     daemon, _ = talk
-    wait_for(lambda: len(hits(daemon.log_dir, "backoff")) == 2, what="indexed")
+    wait_indexed(daemon.log_dir, "backoff", 2)
     recs = [orjson.loads(x) for x in cli(daemon.log_dir, "thread", "fix-42", "--format", "json").stdout.splitlines()]
     assert [r["topic"] for r in recs] == ["agent.chat", "agent.review", "tools.grep", "agent.chat"]
     assert [r["seq"] for r in recs] == sorted(r["seq"] for r in recs)
@@ -115,7 +133,7 @@ def test_thread_in_order_across_topics_and_tools(talk):
 )
 def test_bad_input_is_one_line(talk, args, code, words):
     daemon, _ = talk
-    wait_for(lambda: indexed(daemon.log_dir, "backoff"), what="indexed")
+    wait_indexed(daemon.log_dir, "backoff")
     result = cli(daemon.log_dir, *args)
     assert result.returncode == code, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
@@ -136,10 +154,11 @@ def test_missing_index_says_to_rebuild_and_rebuild_works(talk):
 
 def test_index_rebuild_while_the_daemon_records(talk):
     daemon, p = talk
-    wait_for(lambda: indexed(daemon.log_dir, "backoff"), what="indexed")
+    wait_indexed(daemon.log_dir, "backoff")
     assert cli(daemon.log_dir, "index", "rebuild").returncode == 0
     p.send(b"agent.chat", b'{"text":"after the rebuild: quokka"}')
-    wait_for(lambda: indexed(daemon.log_dir, "quokka"), timeout=20, what="the restarted indexer to index again")
+    assert eventually(lambda: indexed(daemon.log_dir, "quokka"), timeout=20, interval=0.05), \
+        "the restarted indexer did not index a new record within 20 s"
     assert len(hits(daemon.log_dir, "backoff")) == 2
 
 
@@ -157,12 +176,13 @@ def test_indexer_killed_mid_way_resumes_without_duplicates(recorder):
         except sqlite3.Error:
             return 0
 
-    wait_for(lambda: indexed() > 0, what="indexing to begin")
+    assert eventually(lambda: indexed() > 0, timeout=20), "the indexer indexed nothing within 20 s"
     pid = daemon.status()["indexer_pid"]
     os.kill(pid, signal.SIGKILL)
     partial = indexed()
     daemon.wait_records(n, timeout=60)
-    wait_for(lambda: indexed() == n, timeout=60, what="the restarted indexer to catch up")
+    assert eventually(lambda: indexed() == n, timeout=60, interval=0.1), \
+        f"the restarted indexer has {indexed()} of {n} records after 60 s"
     assert daemon.status()["indexer_pid"] != pid
     with sqlite3.connect(db_path) as db:
         seqs = [s for (s,) in db.execute("SELECT seq FROM records ORDER BY seq")]
@@ -198,7 +218,9 @@ def test_replay_as_fast_yields_exactly_the_published_frames(talk, ctx, broker):
     assert all(not f[0].startswith(b"$persist") for f in got)
 
 
-def test_replay_pacing_and_selection(talk, ctx):
+def test_replay_selection_by_topic_and_thread(talk, ctx):
+    """Which messages and in which order (the pacing itself is timed in
+    test_replay_is_paced_by_the_recorded_gaps_divided_by_rate)."""
     daemon, p = talk
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -232,3 +254,51 @@ def test_search_after_the_daemon_stopped_finds_everything_it_recorded(recorder):
     daemon.stop()
     assert [h["payload"]["text"] for h in hits(daemon.log_dir, "owl")] == ["a late owl nobody indexed"]
     assert [h["payload"]["text"] for h in hits(daemon.log_dir, "bird")] == ["the early bird indexed by hand"]
+
+
+def replay_arrivals(ctx, log_dir, *args, n):
+    """Run ``persist-cli replay ARGS`` into a SUB socket of ours; (topic, monotonic arrival) of each message."""
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    port = sub.bind_to_random_port("tcp://127.0.0.1")
+    proc = subprocess.Popen([str(BIN / "persist-cli"), "replay", *args, "--to", f"tcp://127.0.0.1:{port}",
+                             "--log-dir", str(log_dir)], stderr=subprocess.PIPE, text=True)
+    got = []
+    try:
+        while len(got) < n and sub.poll(15000):
+            frames = sub.recv_multipart()
+            got.append((frames, time.monotonic()))
+        assert proc.wait(15) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+        sub.close(linger=0)
+    assert len(got) == n, f"replay delivered {len(got)} of {n} messages"
+    return got
+
+
+def test_replay_is_paced_by_the_recorded_gaps_divided_by_rate(recorder, ctx):
+    daemon, p = recorder()
+    for i in range(5):  # recorded 0.5 s apart
+        p.send(b"paced.chat", b'{"sender":"pacer","i":%d}' % i)
+        time.sleep(0.5)
+    recs = daemon.wait_records(5)
+    t = [datetime.fromisoformat(e.rec["received_at"].replace("Z", "+00:00")).timestamp() for e in recs]
+    recorded = [b - t[0] for b in t]  # offsets from the first record, as recorded
+    assert recorded[-1] > 1.6, f"the records really are spread out: {recorded}"
+
+    paced = replay_arrivals(ctx, daemon.log_dir, "--topic", "paced.", "--rate", "2", n=5)
+    assert [orjson.loads(f[1])["i"] for f, _ in paced] == list(range(5))
+    offsets = [a - paced[0][1] for _, a in paced]
+    for k, (want, got) in enumerate(zip(recorded, offsets)):
+        # replay never sends early; a loaded machine may make it (or our receiving) a little late
+        assert got >= want / 2 * 0.8 - 0.05, f"message {k} arrived at +{got:.3f} s, paced for +{want / 2:.3f} s"
+    span, want_span = offsets[-1], recorded[-1] / 2
+    assert span <= want_span + 0.6, (f"--rate 2 took {span:.2f} s for what was recorded over {recorded[-1]:.2f} s "
+                                     f"(expected ≈ {want_span:.2f} s): the rate was not applied")
+
+    fast = replay_arrivals(ctx, daemon.log_dir, "--topic", "paced.", "--as-fast", n=5)
+    fast_span = fast[-1][1] - fast[0][1]
+    assert fast_span < min(0.3, span / 3), f"--as-fast took {fast_span:.2f} s, paced {span:.2f} s"
