@@ -48,8 +48,9 @@ def split_request(frames: list[bytes]) -> tuple[list[bytes], str | None]:
 
 
 def sender_seq_handler(senders: SenderSequences) -> Handler:
-    """``sender_seq NAME``: the highest ``sender_seq`` the daemon has recorded from NAME (None if none)."""
-    return lambda name: {"sender": name, "sender_seq": senders.last.get(name)}
+    """``sender_seq NAME``: the last ``sender_seq`` the daemon has recorded from NAME (None if none),
+    and how many of NAME's numbers it found missing so far."""
+    return lambda name: {"sender": name, "sender_seq": senders.last.get(name), "missing": senders.missed.get(name, 0)}
 
 
 class ControlServer:

@@ -24,6 +24,7 @@ class SenderSequences:
 
     def __init__(self) -> None:
         self.last: dict[str, int] = {}  # insertion order = least recently seen first
+        self.missed: dict[str, int] = {}  # numbers each sender skipped, over the daemon's life
 
     def observe(self, sender: Any, number: Any) -> dict[str, Any] | None:
         """A gap payload if ``number`` skips past the last seen from ``sender``.
@@ -40,10 +41,12 @@ class SenderSequences:
         previous = self.last.pop(key, None)
         self.last[key] = number
         if len(self.last) > MAX_SENDERS:
-            del self.last[next(iter(self.last))]
+            self.missed.pop(oldest := next(iter(self.last)), None)
+            del self.last[oldest]
         if previous is None or number <= previous + 1:
             return None  # first sight, in order, or a restarted publisher
         missing = number - previous - 1
+        self.missed[key] = self.missed.get(key, 0) + missing
         gap: dict[str, Any] = {
             "reason": "sender_seq",
             "sender": key,

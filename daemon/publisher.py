@@ -72,6 +72,7 @@ class Publisher:
         self.sock.setsockopt(zmq.SNDTIMEO, int(send_timeout * 1000))
         self.sock.connect(endpoint)
         self.subscribed = False
+        self.missing_before: int | None = None
 
     def wait_for_subscriber(self, timeout: float | None = None) -> None:
         """Block until a subscriber's subscription arrives (persist-daemon subscribes to everything)."""
@@ -84,6 +85,9 @@ class Publisher:
         while self.sock.poll(0, zmq.POLLIN):
             self.sock.recv()  # subscription messages; their content is not needed
         self.subscribed = True
+        endpoint = self.control_endpoint()
+        before = self.acknowledged(endpoint) if endpoint else None
+        self.missing_before = None if before is None else before[1]  # the daemon's count before our first send
 
     def send(self, topic: str, message: dict[str, Any] | bytes | str, *extra: bytes) -> int:
         """Publish ``message`` on ``topic``; a dict is stamped with sender and sequence. Returns the seq.
@@ -116,16 +120,17 @@ class Publisher:
             return None
         return LogDir(root).control_endpoint
 
-    def acknowledged(self, endpoint: str) -> int | None:
-        """The highest sequence number the daemon has recorded from this sender (None: no answer to that)."""
+    def acknowledged(self, endpoint: str) -> tuple[int, int] | None:
+        """``(the last sequence number the daemon recorded from this sender, how many of its numbers
+        it found missing)``; None if no daemon answers that."""
         try:
             reply = ask(endpoint, f"sender_seq {self.sender}", timeout_ms=1000)
         except ControlError:
             return None
         if not reply.get("ok"):
             return None  # a daemon that does not know the request
-        number = reply.get("sender_seq")
-        return number if type(number) is int else 0
+        number, missing = reply.get("sender_seq"), reply.get("missing")
+        return (number if type(number) is int else 0, missing if type(missing) is int else 0)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until the recording daemon has every stamped message sent so far.
@@ -135,18 +140,22 @@ class Publisher:
         answers on the log dir's control socket.
         """
         endpoint = self.control_endpoint()
-        acked = self.acknowledged(endpoint) if self.seq and endpoint else None
-        if acked is None:
+        answer = self.acknowledged(endpoint) if self.seq and endpoint else None
+        if answer is None:
             return
         wait = self.close_timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
-        while acked < self.seq:
+        while answer[0] < self.seq:
             if time.monotonic() >= deadline:
-                missing = self.seq - acked
+                missing = self.seq - answer[0]
                 raise Undelivered(missing, f"{missing} of {self.seq} messages from {self.sender!r} not confirmed "
-                                           f"within {wait:.0f} s by the daemon on {endpoint} (it has up to {acked})")
+                                           f"within {wait:.0f} s by the daemon on {endpoint} (it has up to {answer[0]})")
             time.sleep(ACK_POLL_S)
-            acked = self.acknowledged(endpoint) or acked
+            answer = self.acknowledged(endpoint) or answer
+        lost = answer[1] - self.missing_before if self.missing_before is not None else 0
+        if lost > 0:
+            raise Undelivered(lost, f"{lost} of {self.seq} messages from {self.sender!r} never reached the daemon "
+                                    f"on {endpoint} (its gap records name them)")
 
     def close(self, timeout: float | None = None) -> None:
         """Deliver everything sent, then close; raise ``Undelivered`` saying how many could not be."""
