@@ -125,6 +125,14 @@ class Daemon:
     def status(self) -> dict:
         return ask(self.log.control_endpoint, "status")
 
+    def try_status(self, timeout_ms: int = 2000) -> dict:
+        """``status``, or ``{}`` when the daemon does not answer (yet): for wait predicates, which
+        must ask, not raise (a daemon busy with a burst may take a moment to answer)."""
+        try:
+            return ask(self.log.control_endpoint, "status", timeout_ms=timeout_ms)
+        except ControlError:
+            return {}
+
     def daemon_pid(self) -> int:
         """The daemon's own pid (not a wrapper's), as it answers on its control socket."""
         return self.status()["pid"]
