@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from persist.daemon import reader, retention
 from persist.daemon.errors import CheckpointError
 from persist.daemon.fsutil import ensure_dir, fsync_dir, write_atomically
 from persist.daemon.record import iso_utc
-from persist.daemon.store import LogDir, last_newline, segment_name  # noqa: F401 - the loop names segments through here
+from persist.daemon.store import LogDir
 
 READ = 4 << 20
 log_ = structlog.get_logger("persist.checkpoints")
@@ -47,13 +46,7 @@ class Cut:
 
 def cut_from_files(log: LogDir) -> Cut:
     """The cut a checkpoint taken now would name (for use without a running daemon)."""
-    segments = []
-    for seg in reader.segments(log):
-        f = reader.open_segment(log, seg.name)
-        if f is None:
-            continue
-        with f:
-            segments.append((seg.name, seg.path, last_newline(f.fileno(), os.fstat(f.fileno()).st_size)))
+    segments = [(seg.name, seg.path, whole) for seg, whole, _ in reader.extents(log)]
     last = reader.last_record(log)
     return Cut(last.seq if last is not None else 0, segments)
 

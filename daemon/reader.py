@@ -167,6 +167,17 @@ def open_segment(log: LogDir, name: str) -> BinaryIO | None:
     return None
 
 
+def extents(log: LogDir) -> Iterator[tuple[Segment, int, int]]:
+    """Each segment with the bytes of its whole lines and its size, both read from one descriptor."""
+    for seg in segments(log):
+        f = open_segment(log, seg.name)
+        if f is None:
+            continue
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            yield seg, last_newline(f.fileno(), size), size
+
+
 class _Tail:
     """Whole lines read forward from one descriptor, carrying a partial last line between reads."""
 

@@ -15,13 +15,12 @@ the line or the checkpoint:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from persist.daemon import checkpoints, lock, reader
 from persist.daemon.record import decode_frames, frames_sha256, is_system
-from persist.daemon.store import LogDir, last_newline
+from persist.daemon.store import LogDir
 
 
 def sha256_problem(rec: dict[str, Any], line: bytes) -> str | None:
@@ -39,13 +38,7 @@ def sha256_problem(rec: dict[str, Any], line: bytes) -> str | None:
 def torn_tails(log: LogDir) -> list[str]:
     """Bytes after the last newline of each segment, as problems."""
     problems = []
-    for seg in reader.segments(log):
-        f = reader.open_segment(log, seg.name)
-        if f is None:
-            continue
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            good = last_newline(f.fileno(), size)
+    for seg, good, size in reader.extents(log):
         if good < size:
             problems.append(f"{seg.path.name}: {size - good} torn byte(s) at the end (from byte {good}); "
                             "run persist-cli recover to quarantine them")
