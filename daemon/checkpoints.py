@@ -138,8 +138,11 @@ def latest(log: LogDir) -> dict[str, Any] | None:
 
 
 def find(log: LogDir, ident: str) -> dict[str, Any]:
-    """The checkpoint ``ident`` (or a unique prefix, or ``latest``), else a helpful error."""
-    items = readable(log)
+    """The checkpoint ``ident`` (or a unique prefix, or ``latest``), else a helpful error.
+
+    Unreadable manifests are passed over (``verify`` names them).
+    """
+    items = listing(log, [])
     if ident == "latest" and items:
         return items[-1]
     exact = [m for m in items if m["id"] == ident or m.get("label") == ident]
