@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from persist.daemon import reader
-from procs import Daemon, Publisher, memory_mb, run, wait_for
+from procs import Daemon, Publisher, memory_mb, process_gone, run, wait_for
 
 MIXED = [
     [b"agent.chat", b'{"sender":"claude_code","recipient":"gemini_cli","thread_id":"t-1","kind":"request","text":"review this"}'],
@@ -248,6 +248,7 @@ def test_fsync_always_syncs_every_batch_before_the_next_and_bind_mode(workdir, c
                              "-e", "trace=write,writev,pwrite64,fdatasync,fsync", "-o", str(trace), "--"])
     # with --bind and no --connect the daemon does not also dial the default broker
     daemon.start()
+    pid = daemon.daemon_pid()
     try:
         status = daemon.status()
         (endpoint,) = status["endpoints"]
@@ -264,10 +265,12 @@ def test_fsync_always_syncs_every_batch_before_the_next_and_bind_mode(workdir, c
             assert status["committed_seq"] == status["last_seq"], f"a record counted before its fsync: {status}"
         daemon.wait_records(n, timeout=60)
         pub.close()
-        os.kill(daemon.daemon_pid(), signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
         assert daemon.proc.wait(30) == 0, daemon.errors()[-2000:]
     finally:
         if daemon.proc.poll() is None:
+            if not process_gone(pid):
+                os.kill(pid, signal.SIGKILL)
             daemon.proc.kill()
             daemon.proc.wait()
         daemon.stderr.close()
