@@ -129,6 +129,10 @@ def test_restore_out_survives_short_writes(forked, workdir, monkeypatch):
     monkeypatch.undo()
     copied = [e.line for e in reader.records(LogDir(workdir / "out"))]
     assert copied == [e.line for e in reader.records(forked)][:6]
+    a_file = workdir / "a-file"
+    a_file.write_text("mine")
+    result = cli(forked.root, "restore", "A", "--out", str(a_file))
+    assert result.returncode == 2 and "not an empty directory" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_an_unreadable_manifest_does_not_stop_the_daemon_and_verify_names_it(forked, start_daemon):
