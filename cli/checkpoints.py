@@ -117,7 +117,7 @@ def stop_running_daemon(log) -> None:
     """SIGTERM the daemon that holds ``log`` and wait for its lock to go."""
     pid = lock.holder_pid(log)
     if pid is None:
-        raise Failure(f"a process holds {log.lock_file} but its pid is unknown; stop it by hand")
+        raise Failure(f"a process holds the lock on {log.root} but its pid is unknown; stop it by hand")
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 15
     while lock.is_locked(log):

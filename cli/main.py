@@ -13,6 +13,7 @@ import sys
 import click
 
 from persist.cli.common import Failure, UsageError
+from persist.daemon import logs
 from persist.daemon.errors import CheckpointError, ControlError, RestoreError, SearchIndexError
 from persist.daemon.fsutil import NotOurs
 
@@ -73,4 +74,5 @@ def cli(ctx: click.Context) -> None:
 
 def main() -> None:
     os.umask(0o077)  # what the CLI creates (index, exports, restored logs) is private unless the user says otherwise
+    logs.setup("auto", "warning", sys.stderr)  # the library's warnings go to stderr, never into --json output
     cli()

@@ -103,7 +103,7 @@ def choose(keys: Keys, title: str, options: list[str]) -> int | None:
 
 def pick_checkpoint(keys: Keys, log, title: str = "Pick a checkpoint") -> dict | None:
     """Newest first, as people look for the last good moment."""
-    items = checkpoints.listing(log)[::-1]
+    items = checkpoints.readable(log)[::-1]
     labels = [f"{m['id']}  {m.get('label') or m['reason']:<10} {ago(m['created_at']):>12}  seq {m['last_seq']}"
               for m in items]
     if not items:

@@ -28,7 +28,7 @@ import structlog
 
 from persist.daemon import reader, retention
 from persist.daemon.errors import CheckpointError
-from persist.daemon.fsutil import ensure_dir, fsync_dir, write_atomically
+from persist.daemon.fsutil import ensure_dir, fsync_dir, open_reading, write_atomically
 from persist.daemon.record import iso_utc
 from persist.daemon.store import LogDir
 
@@ -70,7 +70,7 @@ class Hasher:
         h, done, records = self.running.get(name) or (hashlib.sha256(), 0, 0)
         if done > nbytes:
             h, done, records = hashlib.sha256(), 0, 0
-        with open(path, "rb") as f:
+        with open_reading(path) as f:
             f.seek(done)
             while done < nbytes:
                 chunk = f.read(min(READ, nbytes - done))

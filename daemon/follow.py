@@ -15,6 +15,7 @@ import queue
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from persist.daemon.fsutil import open_reading
 from persist.daemon.reader import Entry, entry
 from persist.daemon.store import LogDir
 from persist.daemon.watch import watch
@@ -36,7 +37,7 @@ def follow(log: LogDir, after_seq: int, poll: float = 1.0) -> Iterator[Entry]:
     try:
         while True:
             if f is None and log.active.exists():
-                f = open(log.active, "rb")
+                f = open_reading(log.active)
                 pending = b""
             if f is not None:
                 rotated = _inode(log.active) != os.fstat(f.fileno()).st_ino  # before the read: no write is missed

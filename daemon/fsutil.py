@@ -13,6 +13,7 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -33,9 +34,14 @@ def open_private(path: Path, flags: int) -> int:
         raise
 
 
+def open_reading(path: Path) -> BinaryIO:
+    """``path`` opened for reading as a binary file, never through a symlink (``NotOurs``)."""
+    return os.fdopen(open_private(path, os.O_RDONLY), "rb")
+
+
 def read_private(path: Path) -> bytes:
     """The bytes of ``path``, not followed if it is a symlink."""
-    with os.fdopen(open_private(path, os.O_RDONLY), "rb") as f:
+    with open_reading(path) as f:
         return f.read()
 
 

@@ -22,6 +22,7 @@ import structlog
 
 from persist.daemon import reader, retention
 from persist.daemon.errors import SearchIndexError
+from persist.daemon.fsutil import open_private
 from persist.daemon.render import payload_text
 from persist.daemon.store import LogDir
 
@@ -55,7 +56,7 @@ def index_path(log: LogDir) -> Path:
 def try_indexer_lock(log: LogDir) -> int | None:
     """An fd holding ``indexer.lock`` (one indexer per log dir), or None if someone else holds it."""
     index_dir(log).mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(index_dir(log) / "indexer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_private(index_dir(log) / "indexer.lock", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return fd

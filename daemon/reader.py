@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from persist.daemon.fsutil import open_private, open_reading
 from persist.daemon.record import decode_frames
 from persist.daemon.store import LogDir, last_newline, segment_name
 
@@ -118,7 +119,7 @@ def _seq(line: bytes | None) -> int | None:
 def open_active(log: LogDir) -> tuple[int, int | None] | None:
     """``(fd, first seq read from that fd)`` of the active segment; None if there is none right now."""
     try:
-        fd = os.open(log.active, os.O_RDONLY)
+        fd = open_private(log.active, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
@@ -155,7 +156,7 @@ def open_segment(log: LogDir, name: str) -> BinaryIO | None:
     """The segment ``name`` opened for reading, wherever it lives now; None if it is gone."""
     for _ in range(2):  # a rotation between the two looks moves it to segments/
         try:
-            return open(log.segments / name, "rb")
+            return open_reading(log.segments / name)
         except FileNotFoundError:
             pass
         opened = open_active(log)
@@ -214,7 +215,7 @@ def lines(log: LogDir, start: tuple[str | None, int] = (None, 0), after_seq: int
             for i, seg in enumerate(closed):
                 if i + 1 == len(closed) or closed[i + 1].first_seq > after_seq + 1:
                     try:
-                        f = open(seg.path, "rb")
+                        f = open_reading(seg.path)
                     except FileNotFoundError:  # storage.retention deleted it meanwhile
                         continue
                     with f:
@@ -263,7 +264,7 @@ def _lines_backward_fd(fd: int) -> Iterator[bytes]:
 def lines_backward(path: Path) -> Iterator[bytes]:
     """Every whole line of one file, newest first, reading from the end."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = open_private(path, os.O_RDONLY)
     except FileNotFoundError:
         return
     try:
@@ -275,7 +276,7 @@ def lines_backward(path: Path) -> Iterator[bytes]:
 def lines_forward(path: Path, offset: int = 0) -> Iterator[tuple[int, bytes]]:
     """``(offset, line)`` for every whole line of one file from ``offset`` on."""
     try:
-        f = open(path, "rb")
+        f = open_reading(path)
     except FileNotFoundError:
         return
     with f:

@@ -131,3 +131,17 @@ def test_cli_commands_that_write_refuse_a_planted_symlink(workdir):
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert str(log.lock_file) in result.stderr and "symbolic link" in result.stderr
     assert target.read_text() == "do not touch\n"
+
+
+@pytest.mark.parametrize("command", [["export"], ["recent"], ["verify"], ["index", "rebuild"]])
+def test_readers_never_follow_a_planted_segment_link(workdir, command):
+    log = LogDir(workdir / "logs")
+    log.create()
+    log.active.write_text('{"v":1,"seq":2,"topic":"t","meta":{},"payload":{}}\n')
+    outside = workdir / "outside.jsonl"
+    outside.write_text('{"v":1,"seq":1,"topic":"t","meta":{"bytes":2},"payload":{"secret":"of another user"}}\n')
+    (log.segments / "seg-0000000000000001.jsonl").symlink_to(outside)
+    result = run("persist-cli", *command, "--log-dir", str(log.root))
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "symbolic link" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "another user" not in result.stdout
