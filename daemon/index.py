@@ -23,6 +23,7 @@ import structlog
 from persist.daemon import reader, retention
 from persist.daemon.errors import SearchIndexError
 from persist.daemon.fsutil import open_private
+from persist.daemon.record import is_system
 from persist.daemon.render import payload_text
 from persist.daemon.store import LogDir
 
@@ -31,7 +32,7 @@ PRAGMA journal_mode=WAL;
 CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY, received_at TEXT NOT NULL, topic TEXT NOT NULL,
     sender TEXT, recipient TEXT, thread_id TEXT, kind TEXT, tags TEXT, tokens INTEGER,
-    segment TEXT NOT NULL, offset INTEGER NOT NULL, replay_of INTEGER);
+    segment TEXT NOT NULL, offset INTEGER NOT NULL, replay_of INTEGER, own INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS records_thread ON records(thread_id, seq);
 CREATE INDEX IF NOT EXISTS records_time ON records(received_at);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
@@ -39,7 +40,11 @@ CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value);
 """
 FIELDS = ("sender", "recipient", "thread_id", "kind")
-COLUMNS = "seq, received_at, topic, sender, recipient, thread_id, kind, tags, tokens, segment, offset, replay_of"
+COLUMNS = "seq, received_at, topic, sender, recipient, thread_id, kind, tags, tokens, segment, offset, replay_of, own"
+ADDED_COLUMNS = {  # columns an index made by an older persist lacks: (definition, how to fill its rows)
+    "replay_of": ("INTEGER", None),
+    "own": ("INTEGER NOT NULL DEFAULT 0", "UPDATE records SET own = 1 WHERE topic LIKE '$persist/%'"),
+}
 INT64 = range(-(2**63), 2**63)
 MAX_TEXT = 16 << 20  # characters of one record's text that are searchable (SQLite refuses a value over 1 GB)
 log = structlog.get_logger("persist.index")
@@ -95,8 +100,12 @@ def connect(path: Path, create: bool = True) -> sqlite3.Connection:
         db = sqlite3.connect(path, timeout=30, isolation_level=None)
         db.execute("PRAGMA busy_timeout=30000")
         db.executescript(SCHEMA)  # idempotent; also completes a file an indexer has only just created
-        if "replay_of" not in {row[1] for row in db.execute("PRAGMA table_info(records)")}:
-            db.execute("ALTER TABLE records ADD COLUMN replay_of INTEGER")  # an index made before replays were marked
+        have = {row[1] for row in db.execute("PRAGMA table_info(records)")}
+        for name, (definition, fill) in ADDED_COLUMNS.items():
+            if name not in have:
+                db.execute(f"ALTER TABLE records ADD COLUMN {name} {definition}")
+                if fill:
+                    db.execute(fill)
     finally:
         os.umask(old_umask)
     for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
@@ -136,7 +145,7 @@ def _row(rec: dict[str, Any], segment: str, offset: int) -> tuple:
     tags = " ".join(map(str, meta["tags"])) if isinstance(meta.get("tags"), list) else None
     values = [None if meta.get(k) is None else str(meta[k]) for k in FIELDS]
     return (rec["seq"], str(rec.get("received_at", "")), str(rec.get("topic", "")), *values, tags,
-            _int(meta.get("tokens")), segment, offset, _int(meta.get("replay_of")))
+            _int(meta.get("tokens")), segment, offset, _int(meta.get("replay_of")), int(is_system(rec)))
 
 
 def _fts(rec: dict[str, Any], line: bytes | None, row: tuple) -> tuple:
@@ -161,7 +170,7 @@ def add(db: sqlite3.Connection, batch: list[tuple[dict[str, Any], str, int, byte
     pairs = [_indexable(rec, line, seg, off) for rec, seg, off, line in batch]
     db.execute("BEGIN IMMEDIATE")
     try:
-        db.executemany(f"INSERT OR REPLACE INTO records ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        db.executemany(f"INSERT OR REPLACE INTO records ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                        [row for row, _ in pairs])
         db.executemany("DELETE FROM fts WHERE rowid = ?", [(row[0],) for row, _ in pairs])
         db.executemany(

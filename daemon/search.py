@@ -61,7 +61,7 @@ def search(db: sqlite3.Connection, query: str, filters: Filters, limit: int = 20
     sql = (
         "SELECT r.seq, r.segment, r.offset, snippet(fts, -1, ?, ?, '…', 12) AS snippet, bm25(fts) AS rank "
         "FROM fts JOIN records r ON r.seq = fts.rowid "
-        f"WHERE fts MATCH ?{where} AND r.topic NOT LIKE '$persist/%' ORDER BY rank, r.seq DESC LIMIT ?"
+        f"WHERE fts MATCH ?{where} AND r.own = 0 ORDER BY rank, r.seq DESC LIMIT ?"
     )
     try:
         rows = db.execute(sql, [*highlight, query, *args, limit]).fetchall()

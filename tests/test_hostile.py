@@ -35,7 +35,7 @@ HOSTILE = [
     [b"many.frames", *[b"%d" % i for i in range(300)]],
     [b""],
     [b"", b"", b""],
-    [b"$persist/gap", b'{"reason":"not_running","forged":true}'],
+    [b"$persist/gap", b'{"reason":"not_running","text":"a forgery"}'],
 ]
 
 
@@ -71,6 +71,8 @@ def test_no_message_stops_the_recorder_or_breaks_a_reader(recorder):
     found = wait_for(lambda: (r := cli(daemon.log_dir, "search", "zebracorn", "--json")).returncode == 0
                      and r.stdout, what="the normal message to be searchable")
     assert orjson.loads(found.splitlines()[0])["payload"]["text"].endswith("zebracorn")
+    forged = cli(daemon.log_dir, "search", "forgery", "--json")
+    assert forged.returncode == 0 and orjson.loads(forged.stdout)["origin"] == "bus", "searchable like any message"
     indexer = daemon.status()["indexer_pid"]
     assert indexer and daemon.status()["indexer_restarts"] == 0, "the indexer took every record"
     for command in (["threads"], ["export", "--format", "csv"], ["export", "--format", "markdown"],
