@@ -10,12 +10,20 @@ from pathlib import Path
 import click
 
 from persist.cli.common import (
-    Failure, UsageError, ago, json_lines, json_option, require_log, size, table, with_log_dir,
+    Failure,
+    UsageError,
+    ago,
+    json_lines,
+    json_option,
+    require_log,
+    size,
+    table,
+    with_log_dir,
 )
-from persist.daemon import checkpoints as cps
-from persist.daemon import lock, reader, render, restore
 from persist.daemon.control import ControlError, ask
-from persist.daemon.record import is_system
+from persist.daemon.log import checkpoints as cps
+from persist.daemon.log import lock, reader, render, restore
+from persist.daemon.log.record import is_system
 
 
 def find(log, ident: str) -> dict:

@@ -19,9 +19,9 @@ import click
 import orjson
 
 from persist.daemon import config
-from persist.daemon.render import payload_text, speaker
-from persist.daemon.record import is_system
-from persist.daemon.store import LogDir
+from persist.daemon.log.layout import LogDir
+from persist.daemon.log.record import is_system
+from persist.daemon.log.render import payload_text, speaker
 
 
 class UsageError(click.ClickException):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import click
 
-from persist.daemon import render
-from persist.daemon.fsutil import ensure_dir, write_atomically
-from persist.daemon.launcher import DaemonStartError, ensure_daemon
+from persist.agent.launcher import DaemonStartError, ensure_daemon
+from persist.daemon.log import render
+from persist.daemon.log.fsutil import ensure_dir, write_atomically
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 

@@ -14,8 +14,8 @@ import click
 
 from persist.cli.common import Failure, UsageError
 from persist.daemon import logs
-from persist.daemon.errors import CheckpointError, ControlError, RestoreError, SearchIndexError
-from persist.daemon.fsutil import NotOurs
+from persist.daemon.log.errors import CheckpointError, ControlError, RestoreError, SearchIndexError
+from persist.daemon.log.fsutil import NotOurs
 
 COMMANDS = {
     "status": "status:status",

@@ -21,7 +21,7 @@ from persist.cli.common import ago, require_log, with_log_dir
 from persist.cli.read import recent
 from persist.cli.search import search_cmd
 from persist.cli.status import status
-from persist.daemon import checkpoints, render
+from persist.daemon.log import checkpoints, render
 
 UP, DOWN = ("\x1b[A", "k"), ("\x1b[B", "j")
 BACK = ("q", "\x1b")

@@ -10,10 +10,19 @@ from itertools import islice
 import click
 
 from persist.cli.common import (
-    Failure, UsageError, json_lines, json_option, matches, one_line, parse_when, require_log, style, with_log_dir,
+    Failure,
+    UsageError,
+    json_lines,
+    json_option,
+    matches,
+    one_line,
+    parse_when,
+    require_log,
+    style,
+    with_log_dir,
 )
-from persist.daemon import lock, reader, render, restore
-from persist.daemon.store import repair_tail
+from persist.daemon.log import lock, reader, render, restore
+from persist.daemon.log.store import repair_tail
 
 topic_option = click.option("--topic", help="Only topics starting with this prefix.")
 sender_option = click.option("--sender", help="Only records whose meta.sender is this.")
@@ -42,7 +51,7 @@ def recent(cfg, log, count, topic, sender, follow_, system, as_json) -> None:
         emit(e)
     if not follow_:
         return
-    from persist.daemon.follow import follow  # watchdog is only needed here
+    from persist.daemon.log.follow import follow
 
     newest = reader.last_record(log)
     try:
@@ -125,7 +134,7 @@ def _write_export(entries, fmt: str, out) -> int:
 @with_log_dir
 def verify_cmd(cfg, log) -> None:
     """Check every line is a whole record, seq is continuous, and every checkpoint holds."""
-    from persist.daemon.verify import verify  # here, not at the top: `recent` starts faster without it
+    from persist.daemon.log.verify import verify
 
     require_log(log)
     total = sum(nbytes for _, nbytes in reader.sizes(log))
@@ -142,7 +151,7 @@ def verify_cmd(cfg, log) -> None:
 @with_log_dir
 def recover(cfg, log) -> None:
     """Repair what a crash left and bring the search index up to date (what the daemon does at start)."""
-    from persist.daemon import index  # here, not at the top: `recent` starts faster without SQLite
+    from persist.daemon import index
 
     require_log(log)
     if lock.is_locked(log):

@@ -8,8 +8,8 @@ import click
 import zmq
 
 from persist.cli.common import Failure, UsageError, json_lines, parse_when, require_log, with_log_dir
-from persist.daemon import checkpoints
 from persist.daemon.config import ENDPOINT
+from persist.daemon.log import checkpoints
 from persist.daemon.replay import NoSubscriber, Selection, announced, open_socket, send, wait_for_subscriber
 
 

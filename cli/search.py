@@ -10,11 +10,21 @@ import time
 import click
 
 from persist.cli.common import (
-    Failure, UsageError, ago, json_lines, json_option, parse_when, require_log, style, table, with_log_dir,
+    Failure,
+    UsageError,
+    ago,
+    json_lines,
+    json_option,
+    parse_when,
+    require_log,
+    style,
+    table,
+    with_log_dir,
 )
-from persist.daemon import index, reader, render
-from persist.daemon.errors import SearchIndexError
-from persist.daemon.search import HIGHLIGHT, Filters, close_threads, search, thread_rows, threads
+from persist.daemon import index
+from persist.daemon.index.search import HIGHLIGHT, Filters, close_threads, search, thread_rows, threads
+from persist.daemon.log import reader, render
+from persist.daemon.log.errors import SearchIndexError
 
 
 def open_index(log):

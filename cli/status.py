@@ -13,11 +13,21 @@ from urllib.parse import urlsplit
 import click
 
 from persist.cli.common import (
-    Failure, ago, daemon_status, json_lines, json_option, require_log, size, style, table, with_log_dir,
+    Failure,
+    ago,
+    daemon_status,
+    json_lines,
+    json_option,
+    require_log,
+    size,
+    style,
+    table,
+    with_log_dir,
 )
-from persist.daemon import checkpoints, config, lock, reader
-from persist.daemon.fsutil import DIR_MODE, FILE_MODE
-from persist.daemon.store import LogDir
+from persist.daemon import config
+from persist.daemon.log import checkpoints, lock, reader
+from persist.daemon.log.fsutil import DIR_MODE, FILE_MODE
+from persist.daemon.log.layout import LogDir
 
 
 def disk(log) -> dict:
@@ -68,7 +78,7 @@ def status(cfg, log, as_json) -> None:
 def _check_modes(log) -> tuple[bool, str]:
     bad = [str(p) for p in [log.root, log.segments, log.checkpoints, log.recovery] if p.exists()
            and stat.S_IMODE(p.stat().st_mode) & ~DIR_MODE]
-    bad += [str(p) for p in log.segment_files() if stat.S_IMODE(p.stat().st_mode) & ~FILE_MODE]
+    bad += [str(seg.path) for seg, _ in reader.sizes(log) if stat.S_IMODE(seg.path.stat().st_mode) & ~FILE_MODE]
     if bad:
         return False, f"too open: {', '.join(bad[:3])} — chmod 700 dirs, 600 files"
     return True, "directories 0700, files 0600"

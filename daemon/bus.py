@@ -15,7 +15,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from persist.daemon.config import DaemonSection
-from persist.daemon.record import iso_utc
+from persist.daemon.log.record import iso_utc
 
 NOBLOCK = int(zmq.NOBLOCK)
 MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED

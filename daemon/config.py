@@ -155,7 +155,7 @@ def _check(key: str, hint: Any, value: Any, source: str | None) -> Any:
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(key, f"must be one of {', '.join(CHOICES[key])}, got {value!r}", source)
     if key == "storage.retention":
-        from persist.daemon import retention  # only when the key is set: the CLI starts faster
+        from persist.daemon.log import retention
 
         try:
             retention.parse(value)

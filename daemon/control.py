@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 import zmq
 
-from persist.daemon.errors import ControlError
 from persist.daemon.gaps import SenderSequences
+from persist.daemon.log.errors import ControlError
 
 Handler = Callable[[str], dict[str, Any]]
 IPC_PATH_MAX = 107  # sun_path on Linux, less the terminating NUL

@@ -20,7 +20,7 @@ import orjson
 import structlog
 
 from persist.daemon.config import EnrichSection
-from persist.daemon.record import Message
+from persist.daemon.log.record import Message
 
 Enricher = Callable[[Message], Mapping[str, Any] | None]
 KINDS = (

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from persist.daemon.record import iso_utc
+from persist.daemon.log.record import iso_utc
 
 MAX_SENDERS = 10_000
 MAX_LISTED = 100  # missing numbers listed one by one before only ranges are given

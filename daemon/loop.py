@@ -23,18 +23,20 @@ from typing import Any
 import structlog
 import zmq
 
-from persist.daemon import checkpoints, enrich, logs, memory, reader, retention
-from persist.daemon.agents import Presence
+from persist.daemon import enrich, logs, memory
 from persist.daemon.bus import Bus
 from persist.daemon.config import Config
 from persist.daemon.control import ControlServer, sender_seq_handler
 from persist.daemon.gaps import Outage, SenderSequences
-from persist.daemon.indexer import IndexerProcess
-from persist.daemon.record import Message, encode, frames_sha256, is_system, iso_utc, system_message
+from persist.daemon.index.indexer import IndexerProcess
+from persist.daemon.log import checkpoints, reader, retention
+from persist.daemon.log.agents import Presence
+from persist.daemon.log.layout import LogDir, segment_name
+from persist.daemon.log.record import Message, encode, frames_sha256, is_system, iso_utc, system_message
+from persist.daemon.log.store import DISK_FULL_ERRNOS, DiskFull, SegmentWriter, repair_tail
 from persist.daemon.replay_marks import ReplayMarks
 from persist.daemon.sdnotify import Notifier
 from persist.daemon.spool import Reserve, Spool
-from persist.daemon.store import DISK_FULL_ERRNOS, DiskFull, LogDir, SegmentWriter, repair_tail, segment_name
 
 BATCH = 1000  # messages taken from the socket per turn of the loop
 BATCH_BYTES = 8 << 20  # ... or fewer: a batch of big messages is bounded in bytes, not only in count

@@ -14,12 +14,14 @@ import traceback
 import click
 import structlog
 
-from persist.daemon import config, lock, logs, restore
+from persist.daemon import config, logs
 from persist.daemon.bus import BusError
 from persist.daemon.control import ControlError
-from persist.daemon.fsutil import NotOurs, write_atomically
+from persist.daemon.log import lock, restore
+from persist.daemon.log.fsutil import NotOurs, write_atomically
+from persist.daemon.log.layout import LogDir
+from persist.daemon.log.store import FsyncFailed
 from persist.daemon.loop import Recorder
-from persist.daemon.store import FsyncFailed, LogDir
 
 LEVELS = ("debug", "info", "warning", "error")
 log = structlog.get_logger("persist.daemon")

@@ -11,17 +11,17 @@ back onto the recorded bus its copy is marked ``meta.replay_of``.
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import zmq
 
-from persist.daemon import reader
 from persist.daemon.control import ask
-from persist.daemon.errors import ControlError
-from persist.daemon.record import is_system
-from persist.daemon.store import LogDir
+from persist.daemon.log import reader
+from persist.daemon.log.errors import ControlError
+from persist.daemon.log.layout import LogDir
+from persist.daemon.log.record import is_system
 
 
 class NoSubscriber(RuntimeError):

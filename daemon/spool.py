@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from persist.daemon.record import iso_utc
+from persist.daemon.log.record import iso_utc
 
 RESERVE_BYTES = 64 * 1024
 

@@ -20,11 +20,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import bench_cli
-import bench_record
 import bench_search
-from benchlib import REPO, Daemon, build_log, machine, percentile, publisher, memory_mb, start_broker, \
-    wait_until_receiving
 
+import bench_record
+from benchlib import (
+    REPO,
+    Daemon,
+    build_log,
+    machine,
+    memory_mb,
+    percentile,
+    publisher,
+    start_broker,
+    wait_until_receiving,
+)
 from persist.daemon.control import ask
 
 

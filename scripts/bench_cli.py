@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 from benchlib import BIN, Daemon, build_log, machine, publisher, start_broker, wait_until_receiving
-
 from persist.daemon.control import ask
 
 

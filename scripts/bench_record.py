@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import Daemon, machine, payloads, publisher, memory_mb, start_broker, wait_until_receiving
+from benchlib import Daemon, machine, memory_mb, payloads, publisher, start_broker, wait_until_receiving
 
 BARE = r"""
 import sys, time, zmq

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import bench_record
 from benchlib import BIN, build_log, machine, percentile
-
 from persist.daemon import index
-from persist.daemon.search import Filters, search
-from persist.daemon.store import LogDir
+from persist.daemon.index.search import Filters, search
+from persist.daemon.log import reader
+from persist.daemon.log.layout import LogDir
 
 QUERIES = [
     ("word", "backoff", Filters()),
@@ -63,7 +63,7 @@ def measure(records: int, record_messages: int) -> dict:
         for name, q, f in QUERIES:
             times = time_query(log, db, q, f)
             queries[name] = {"query": q, "p50": percentile(times, 50), "p95": percentile(times, 95)}
-        files = [str(p) for p in log.segment_files()]
+        files = [str(seg.path) for seg in reader.segments(log)]
         greps = []
         for _ in range(3):
             t = time.perf_counter()

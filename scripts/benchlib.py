@@ -16,10 +16,9 @@ import zmq
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+from persist.daemon.log.layout import LogDir, segment_name
+from persist.daemon.log.record import Message, encode
 from procs import BIN, Daemon, memory_mb  # noqa: E402  (the harness the tests use)
-
-from persist.daemon.record import Message, encode  # noqa: E402
-from persist.daemon.store import LogDir, segment_name  # noqa: E402
 
 AGENTS = ["claude_code", "gemini_cli", "planner", "tool_server", "critic"]
 KINDS = ["request", "response", "tool_call", "tool_result", "critique"]

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import zmq
 
-from persist.daemon import reader
 from persist.daemon.control import ControlError, ask
-from persist.daemon.store import LogDir
+from persist.daemon.log import reader
+from persist.daemon.log.layout import LogDir
 
 BIN = Path(sys.executable).parent
 

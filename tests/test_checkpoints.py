@@ -11,9 +11,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from persist.daemon import checkpoints as cps
-from persist.daemon import reader
-from persist.daemon.store import LogDir
+from persist.daemon.log import checkpoints as cps
+from persist.daemon.log import reader
+from persist.daemon.log.layout import LogDir
 from procs import run, wait_for
 
 

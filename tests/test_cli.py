@@ -186,7 +186,7 @@ def test_recover_refuses_while_recording_then_repairs(chat):
 
 @pytest.mark.parametrize("command", [
     ["persist-cli", "broker", "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*"],
-    ["python", "-m", "persist.daemon.indexer", "--log-dir", "{log_dir}"],
+    ["python", "-m", "persist.daemon.index.indexer", "--log-dir", "{log_dir}"],
 ], ids=["broker", "indexer"])  # fmt: skip
 def test_a_storm_of_stop_signals_stops_cleanly(command, workdir):
     """Signal handlers take no lock: a second signal inside the first never hangs the process."""

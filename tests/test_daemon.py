@@ -14,7 +14,7 @@ import time
 import orjson
 import pytest
 
-from persist.daemon import reader
+from persist.daemon.log import reader
 from procs import Daemon, Publisher, memory_mb, process_gone, run, wait_for
 
 MIXED = [

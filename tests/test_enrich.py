@@ -6,7 +6,7 @@ import time
 
 from persist.daemon import enrich
 from persist.daemon.config import EnrichSection
-from persist.daemon.record import Message
+from persist.daemon.log.record import Message
 
 
 def meta_for(payload: bytes, topic: bytes = b"agent.chat", **cfg) -> dict:

@@ -7,16 +7,13 @@ the next ordinary message is still recorded and found.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import orjson
 import pytest
 import zmq
 
-from persist.daemon import reader
-from persist.daemon.record import MAX_DEPTH, decode_frames, frames_sha256, is_system
+from persist.daemon.log.record import MAX_DEPTH, decode_frames, frames_sha256, is_system
 from procs import Daemon, eventually, memory_mb, run, wait_for
 
 HOSTILE = [
@@ -159,7 +156,7 @@ def test_replay_into_the_recorded_bus_is_marked(recorder, broker):
 
 @pytest.mark.parametrize("payload", [b"{}", b"[" * 250 + b"]" * 250])
 def test_decode_frames_round_trips_what_the_daemon_writes(payload):
-    from persist.daemon.record import Message, encode
+    from persist.daemon.log.record import Message, encode
     msg = Message.from_frames([b"t", payload], time.time_ns())
     line = encode(msg, 1, {})
     assert decode_frames(line) == [b"t", payload]

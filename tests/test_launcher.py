@@ -14,14 +14,14 @@ import time
 
 import pytest
 
-from persist.daemon import lock, reader
-from persist.daemon.launcher import DaemonStartError, ensure_daemon
-from persist.daemon.store import LogDir
+from persist.agent.launcher import DaemonStartError, ensure_daemon
+from persist.daemon.log import lock, reader
+from persist.daemon.log.layout import LogDir
 from procs import BIN, Daemon, process_gone, read_until, run, wait_for
 
 AGENT = textwrap.dedent("""
     import sys
-    from persist.daemon.launcher import ensure_daemon
+    from persist.agent.launcher import ensure_daemon
     handle = ensure_daemon(sys.argv[1], connect=sys.argv[2], config=sys.argv[3], agent=sys.argv[4])
     print(handle.pid, handle.started, flush=True)
     sys.stdin.readline()
@@ -165,7 +165,7 @@ def test_persist_launch_with_a_command_that_does_not_exist(log_dir):
 
 
 def test_publisher_first_messages_are_not_lost(start_daemon, broker):
-    from persist.daemon.publisher import Publisher
+    from persist.agent.publisher import Publisher
 
     daemon = start_daemon()
     with Publisher("fresh-agent", broker.frontend) as pub:

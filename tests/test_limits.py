@@ -5,10 +5,10 @@ from __future__ import annotations
 import signal
 
 import pytest
-
-from persist.daemon.store import LogDir
-from procs import run, wait_for
 from test_config import one_line_error
+
+from persist.daemon.log.layout import LogDir
+from procs import run, wait_for
 
 
 @pytest.mark.parametrize(

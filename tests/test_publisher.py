@@ -12,13 +12,12 @@ from contextlib import contextmanager
 import pytest
 import zmq
 
-from persist.daemon.publisher import Publisher, Undelivered
+from persist.agent.publisher import Publisher, Undelivered
 from procs import Broker, Daemon, wait_for
-
 
 AGENT = """
 import sys
-from persist.daemon.publisher import Publisher, Undelivered
+from persist.agent.publisher import Publisher, Undelivered
 frontend, log_dir, count, close_timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 p = Publisher("burst-agent", frontend, log_dir=log_dir, close_timeout=close_timeout)
 p.send("agent.burst", {"i": 0})

@@ -10,12 +10,12 @@ import threading
 import time
 
 import orjson
-import pytest
 
-from persist.daemon import index, reader
-from persist.daemon.follow import follow
-from persist.daemon.record import frames_sha256
-from persist.daemon.store import LogDir
+from persist.daemon import index
+from persist.daemon.log import reader
+from persist.daemon.log.follow import follow
+from persist.daemon.log.layout import LogDir
+from persist.daemon.log.record import frames_sha256
 from procs import run, wait_for
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from persist.daemon.record import Message, decode_frames, encode, frames_sha256, uuid7
+from persist.daemon.log.record import Message, decode_frames, encode, frames_sha256, uuid7
 
 
 def roundtrip(frames: list[bytes]) -> tuple[dict, bytes]:

@@ -10,11 +10,11 @@ import time
 
 import orjson
 import pytest
-
-from persist.daemon import checkpoints, reader, restore
-from persist.daemon.store import LogDir
-from procs import run
 from test_readers import make_line, written_log
+
+from persist.daemon.log import checkpoints, reader, restore
+from persist.daemon.log.layout import LogDir
+from procs import run
 
 
 def cli(log_dir, *args, **kw):

@@ -10,8 +10,8 @@ import time
 import orjson
 import pytest
 
-from persist.daemon import reader, retention
-from persist.daemon.store import LogDir
+from persist.daemon.log import reader, retention
+from persist.daemon.log.layout import LogDir
 from procs import run, wait_for
 
 

@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from persist.daemon import reader
-from persist.daemon.record import Message, encode
-from persist.daemon.store import DiskFull, LogDir, SegmentWriter, repair_tail
+from persist.daemon.log import reader
+from persist.daemon.log.layout import LogDir
+from persist.daemon.log.record import Message, encode
+from persist.daemon.log.store import DiskFull, SegmentWriter, repair_tail
 
 
 def line(seq: int, text: str = "hello") -> bytes:
@@ -133,7 +134,7 @@ def test_group_commit_on_the_background_thread(log):
 
 
 def test_a_failed_background_fsync_is_raised_and_never_retried(log):
-    from persist.daemon.store import FsyncFailed
+    from persist.daemon.log.store import FsyncFailed
 
     w = write(log, [1])
     w.append(line(2))

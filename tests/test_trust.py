@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from persist.daemon import lock
-from persist.daemon.launcher import ensure_daemon
-from persist.daemon.store import LogDir
+from persist.agent.launcher import ensure_daemon
+from persist.daemon.log import lock
+from persist.daemon.log.layout import LogDir
 from procs import run, wait_for
 
 NO_BROKER = "tcp://127.0.0.1:9"  # the daemon refuses the log dir before it connects anywhere

@@ -10,15 +10,15 @@ import orjson
 import pytest
 
 from chaoslib import ROUNDS, Load
-from persist.daemon.index import stable_segments
-from persist.daemon.reader import lines_forward
+from persist.daemon.log import reader
+from persist.daemon.log.reader import lines_forward
 from procs import BIN, run, wait_for
 
 
 def snapshot(daemon) -> dict[str, tuple[int, str]]:
     """Per segment (by its stable name): bytes of whole lines, and a hash of the last 64 KiB of them."""
     found = {}
-    for name, path in stable_segments(daemon.log):
+    for name, path in ((seg.name, seg.path) for seg in reader.segments(daemon.log)):
         data = path.read_bytes()
         size = data.rfind(b"\n") + 1
         found[name] = (size, hashlib.sha256(data[max(0, size - 65536):size]).hexdigest())
@@ -27,7 +27,7 @@ def snapshot(daemon) -> dict[str, tuple[int, str]]:
 
 def still_there(daemon, before: dict[str, tuple[int, str]]) -> None:
     """Every whole line that was in the files before is still there, byte for byte."""
-    now = dict(stable_segments(daemon.log))
+    now = {seg.name: seg.path for seg in reader.segments(daemon.log)}
     for name, (size, digest) in before.items():
         assert name in now, f"segment {name} vanished"
         data = now[name].read_bytes()[:size]
@@ -49,7 +49,7 @@ def test_kill_9_rounds_under_load(recorder, rng, log_dir):
             daemon.start()
             still_there(daemon, before)
     daemon.stop()
-    raw = [line for path in daemon.log.segment_files() for _, line in lines_forward(path)]
+    raw = [line for seg in reader.segments(daemon.log) for _, line in lines_forward(seg.path)]
     recs = [orjson.loads(line) for line in raw]  # zero corrupt lines: every line parses
     seqs = [r["seq"] for r in recs]
     assert seqs == list(range(1, len(seqs) + 1)), "no duplicate, no missing seq"

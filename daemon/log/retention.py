@@ -26,9 +26,9 @@ from typing import Any
 
 import orjson
 
-from persist.daemon import reader
-from persist.daemon.fsutil import fsync_dir, write_atomically
-from persist.daemon.store import LogDir
+from persist.daemon.log import reader
+from persist.daemon.log.fsutil import fsync_dir, write_atomically
+from persist.daemon.log.layout import LogDir
 
 UNITS = {
     "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400,

@@ -15,10 +15,10 @@ import queue
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from persist.daemon.fsutil import open_reading
-from persist.daemon.reader import Entry, entry
-from persist.daemon.store import LogDir
-from persist.daemon.watch import watch
+from persist.daemon.log.fsutil import open_reading
+from persist.daemon.log.layout import LogDir
+from persist.daemon.log.reader import Entry, entry
+from persist.daemon.log.watch import watch
 
 
 def _inode(path) -> int | None:

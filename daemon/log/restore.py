@@ -26,11 +26,12 @@ from typing import Any
 import orjson
 import structlog
 
-from persist.daemon import checkpoints, reader, retention
-from persist.daemon.errors import RestoreError
-from persist.daemon.fsutil import DIR_MODE, FILE_MODE, ensure_dir, fsync_dir, write_atomically
-from persist.daemon.record import encode, is_system, system_message
-from persist.daemon.store import ACTIVE, LogDir, SegmentWriter, repair_tail
+from persist.daemon.log import checkpoints, reader, retention
+from persist.daemon.log.errors import RestoreError
+from persist.daemon.log.fsutil import DIR_MODE, FILE_MODE, ensure_dir, fsync_dir, write_atomically
+from persist.daemon.log.layout import ACTIVE, LogDir
+from persist.daemon.log.record import encode, is_system, system_message
+from persist.daemon.log.store import SegmentWriter, repair_tail
 
 Progress = Callable[[int], None]
 INTENT = "restore.intent"

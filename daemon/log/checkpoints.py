@@ -26,11 +26,11 @@ from typing import Any, BinaryIO
 import orjson
 import structlog
 
-from persist.daemon import reader, retention
-from persist.daemon.errors import CheckpointError
-from persist.daemon.fsutil import ensure_dir, fsync_dir, open_reading, write_atomically
-from persist.daemon.record import iso_utc
-from persist.daemon.store import LogDir
+from persist.daemon.log import reader, retention
+from persist.daemon.log.errors import CheckpointError
+from persist.daemon.log.fsutil import ensure_dir, fsync_dir, open_reading, write_atomically
+from persist.daemon.log.layout import LogDir
+from persist.daemon.log.record import iso_utc
 
 READ = 4 << 20
 log_ = structlog.get_logger("persist.checkpoints")

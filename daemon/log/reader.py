@@ -30,9 +30,10 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from persist.daemon.fsutil import open_private, open_reading
-from persist.daemon.record import decode_frames
-from persist.daemon.store import LogDir, last_newline, segment_name
+from persist.daemon.log.fsutil import open_private, open_reading
+from persist.daemon.log.layout import LogDir, segment_name
+from persist.daemon.log.record import decode_frames
+from persist.daemon.log.store import last_newline
 
 CHUNK = 1 << 20
 SEGMENT_NAME = re.compile(r"^seg-(\d{16,})\.jsonl$")

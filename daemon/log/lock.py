@@ -11,8 +11,8 @@ from __future__ import annotations
 import fcntl
 import os
 
-from persist.daemon.fsutil import check_owned, open_private, read_private
-from persist.daemon.store import LogDir
+from persist.daemon.log.fsutil import check_owned, open_private, read_private
+from persist.daemon.log.layout import LogDir
 
 
 class AlreadyRunning(RuntimeError):

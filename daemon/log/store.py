@@ -1,7 +1,4 @@
-"""The log directory on disk (SPEC section 3) and the durable write path.
-
-Owns the layout (``LogDir``) and the writer's durability steps, each named for
-the guarantee it gives:
+"""The durable write path: the writer's durability steps, each named for the guarantee it gives:
 
 * ``append``  — whole lines reach the active segment, or none of them do
   (a short or failed write is cut back to the last whole record);
@@ -27,9 +24,9 @@ from pathlib import Path
 
 import orjson
 
-from persist.daemon.fsutil import DIR_MODE, FILE_MODE, check_owned, ensure_dir, fsync_dir, write_atomically
+from persist.daemon.log.fsutil import FILE_MODE, ensure_dir, fsync_dir, write_atomically
+from persist.daemon.log.layout import LogDir, segment_name
 
-ACTIVE = "current_session.jsonl"
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
@@ -39,65 +36,6 @@ class DiskFull(OSError):
 
 class FsyncFailed(OSError):
     """fsync failed: the kernel may have dropped pages, so it must not be retried."""
-
-
-@dataclass(frozen=True)
-class LogDir:
-    """Paths inside one log directory."""
-
-    root: Path
-
-    @property
-    def active(self) -> Path:
-        return self.root / ACTIVE
-
-    @property
-    def segments(self) -> Path:
-        return self.root / "segments"
-
-    @property
-    def recovery(self) -> Path:
-        return self.root / "recovery"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.root / "daemon.pid"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.root / "daemon.lock"
-
-    @property
-    def control_endpoint(self) -> str:
-        return f"ipc://{self.root / 'daemon.sock'}"
-
-    def create(self) -> None:
-        """Make the directory tree, mode 0700 (tightening it if it came looser, as from a git clone).
-
-        Refuses (``NotOurs``) a tree holding a symlink or anything of another user's.
-        """
-        check_owned(ensure_dir(self.root))
-        for d in (self.root, self.segments, self.recovery, self.checkpoints):
-            ensure_dir(d)
-            if d.stat().st_mode & 0o077:
-                os.chmod(d, DIR_MODE)
-
-    def segment_files(self) -> list[Path]:
-        """Closed segments, oldest first, then the active one if it exists."""
-        closed = sorted(self.segments.glob("*.jsonl")) if self.segments.is_dir() else []
-        return closed + ([self.active] if self.active.exists() else [])
-
-    def is_log_dir(self) -> bool:
-        return self.active.exists() or self.segments.is_dir()
-
-
-def segment_name(first_seq: int) -> str:
-    """Closed segments are named by their first seq, so names sort by seq."""
-    return f"seg-{first_seq:016d}.jsonl"
 
 
 @dataclass

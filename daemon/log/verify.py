@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from persist.daemon import checkpoints, lock, reader
-from persist.daemon.record import decode_frames, frames_sha256, is_system
-from persist.daemon.store import LogDir
+from persist.daemon.log import checkpoints, lock, reader
+from persist.daemon.log.layout import LogDir
+from persist.daemon.log.record import decode_frames, frames_sha256, is_system
 
 
 def sha256_problem(rec: dict[str, Any], line: bytes) -> str | None:

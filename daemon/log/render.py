@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from persist.daemon.reader import Entry
-from persist.daemon.record import decode_frames, is_system
+from persist.daemon.log.reader import Entry
+from persist.daemon.log.record import decode_frames, is_system
 
 TEXT_FIELDS = ("text", "content", "message", "body", "prompt", "response", "result")
 FORMATS = ("markdown", "prompt", "json")

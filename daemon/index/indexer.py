@@ -1,6 +1,6 @@
 """The indexer process: keeps ``metadata_index/`` current while the daemon records.
 
-A separate process (``python -m persist.daemon.indexer --log-dir D``), started
+A separate process (``python -m persist.daemon.index.indexer --log-dir D``), started
 and restarted by the daemon, so that it can never block the writer nor cost a
 record if it crashes. It follows the JSONL (woken by watchdog, with a short poll
 as a safety net), commits at least every ``COMMIT_EVERY`` seconds so a record
@@ -23,9 +23,9 @@ import click
 import structlog
 
 from persist.daemon import index, logs
+from persist.daemon.log.layout import LogDir
+from persist.daemon.log.watch import watch
 from persist.daemon.stopping import StopOnSignal
-from persist.daemon.store import LogDir
-from persist.daemon.watch import watch
 
 COMMIT_EVERY = 0.25
 PR_SET_PDEATHSIG = 1
@@ -85,7 +85,7 @@ class IndexerProcess:
         out = os.fdopen(os.open(index.index_dir(self.log_dir) / "indexer.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600), "ab")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "persist.daemon.indexer", "--log-dir", str(self.log_dir.root),
+                [sys.executable, "-m", "persist.daemon.index.indexer", "--log-dir", str(self.log_dir.root),
                  "--parent", str(os.getpid())],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, close_fds=True)
         finally:

@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 
-from persist.daemon.fsutil import ensure_dir, read_private, write_atomically
-from persist.daemon.record import iso_utc
-from persist.daemon.store import LogDir
-from persist.daemon.watch import watch
+from persist.daemon.log.fsutil import ensure_dir, read_private, write_atomically
+from persist.daemon.log.layout import LogDir
+from persist.daemon.log.record import iso_utc
+from persist.daemon.log.watch import watch
 
 
 def agents_dir(log: LogDir) -> Path:

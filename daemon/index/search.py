@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from persist.daemon.errors import SearchIndexError
+from persist.daemon.log.errors import SearchIndexError
 
 HIGHLIGHT = ("\x1b[1;33m", "\x1b[0m")
 # Without filters, relevance is ranked among the newest RANK_WINDOW matches: a

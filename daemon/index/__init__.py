@@ -20,12 +20,12 @@ from typing import Any
 
 import structlog
 
-from persist.daemon import reader, retention
-from persist.daemon.errors import SearchIndexError
-from persist.daemon.fsutil import open_private
-from persist.daemon.record import is_system
-from persist.daemon.render import payload_text
-from persist.daemon.store import LogDir
+from persist.daemon.log import reader, retention
+from persist.daemon.log.errors import SearchIndexError
+from persist.daemon.log.fsutil import open_private
+from persist.daemon.log.layout import LogDir
+from persist.daemon.log.record import is_system
+from persist.daemon.log.render import payload_text
 
 SCHEMA = """
 PRAGMA journal_mode=WAL;
@@ -74,7 +74,7 @@ def indexer_pid(log: LogDir) -> int | None:
     """The pid of the persist indexer holding ``indexer.lock`` now, or None.
 
     The pid in the file is believed only if that process holds an flock on
-    the file (``/proc/locks``) and runs ``persist.daemon.indexer``: a stale
+    the file (``/proc/locks``) and runs ``persist.daemon.index.indexer``: a stale
     pid reused by an unrelated process is never named.
     """
     path = index_dir(log) / "indexer.lock"
@@ -87,7 +87,7 @@ def indexer_pid(log: LogDir) -> int | None:
         return None
     held = any(f[1] == "FLOCK" and f[4] == str(pid) and f[5].rsplit(":", 1)[-1] == str(inode)
                for f in (line.split() for line in holders) if len(f) > 5)
-    return pid if held and b"persist.daemon.indexer" in cmdline else None
+    return pid if held and b"persist.daemon.index.indexer" in cmdline else None
 
 
 def connect(path: Path, create: bool = True) -> sqlite3.Connection:
@@ -188,11 +188,6 @@ def add(db: sqlite3.Connection, batch: list[tuple[dict[str, Any], str, int, byte
 def position(db: sqlite3.Connection) -> tuple[int, str | None, int]:
     state = dict(db.execute("SELECT key, value FROM state").fetchall())
     return int(state.get("last_seq", 0)), state.get("segment"), int(state.get("offset", 0))
-
-
-def stable_segments(log: LogDir) -> list[tuple[str, Path]]:
-    """``(segment name, path)`` in order; the active segment under the name it will rotate to."""
-    return [(seg.name, seg.path) for seg in reader.segments(log)]
 
 
 def pending(log: LogDir, db: sqlite3.Connection) -> Iterator[tuple[dict[str, Any], str, int, bytes]]:
