@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from pathlib import Path
 
 import click
@@ -14,7 +11,10 @@ from persist.cli.common import (
     UsageError,
     ago,
     json_lines,
+    fields,
     json_option,
+    listing,
+    progress,
     require_log,
     size,
     table,
@@ -22,8 +22,7 @@ from persist.cli.common import (
 )
 from persist.daemon.control import ControlError, ask
 from persist.daemon.log import checkpoints as cps
-from persist.daemon.log import lock, reader, render, restore
-from persist.daemon.log.record import is_system
+from persist.daemon.log import lock, render, restore, select
 
 
 def find(log, ident: str) -> dict:
@@ -43,15 +42,10 @@ def group() -> None:
 @json_option
 def list_(cfg, log, as_json) -> None:
     """Every checkpoint, oldest first."""
-    items = cps.listing(require_log(log))
-    if as_json:
-        return json_lines(items)
-    if not items:
-        click.echo(f"no checkpoints yet in {log.checkpoints}")
-        return
-    rows = [[m["id"], m.get("label") or "", m["reason"], ago(m["created_at"]), m["last_seq"],
-             m["message_count"], size(sum(s["bytes"] for s in m["segments"]))] for m in items]
-    table(["id", "label", "reason", "created", "last seq", "records", "log size"], rows, right=(4, 5, 6))
+    listing(as_json, cps.listing(require_log(log)), ["id", "label", "reason", "created", "last seq", "records", "log size"],
+            lambda m: [m["id"], m.get("label") or "", m["reason"], ago(m["created_at"]), m["last_seq"],
+                       m["message_count"], size(sum(s["bytes"] for s in m["segments"]))],
+            right=(4, 5, 6), empty=f"no checkpoints yet in {log.checkpoints}")
 
 
 @group.command()
@@ -63,8 +57,8 @@ def show(cfg, log, ident, as_json) -> None:
     m = find(require_log(log), ident)
     if as_json:
         return json_lines([m])
-    for key in ("id", "label", "reason", "created_at", "last_seq", "message_count", "prev", "chain"):
-        click.echo(f"{key + ':':<15}{m.get(key)}")
+    fields([(key + ":", m.get(key)) for key in ("id", "label", "reason", "created_at", "last_seq", "message_count",
+                                                 "prev", "chain")], 15)
     table(["segment", "bytes", "records", "sha256"],
           [[s["name"], s["bytes"], s.get("records", ""), s["sha256"]] for s in m["segments"]], right=(1, 2))
 
@@ -85,11 +79,8 @@ def create(cfg, log, label, as_json) -> None:
             raise Failure(f"the daemon could not write a checkpoint: {reply.get('error')}")
         manifest = cps.find(log, reply["checkpoint"]["id"])
     else:
-        fd = lock.acquire(log)  # no daemon may start while we write
-        try:
+        with lock.held(log):  # no daemon may start while we write
             manifest = cps.write(log, cps.cut_from_files(log), cps.Hasher(), "manual", label)
-        finally:
-            os.close(fd)
     if as_json:
         return json_lines([manifest])
     click.echo(f"checkpoint {manifest['id']} at seq {manifest['last_seq']}" + (f" ({label})" if label else ""))
@@ -121,19 +112,6 @@ def prune(cfg, log, keep) -> None:
     click.echo(f"pruned {len(gone)} checkpoint(s)" + (f": {', '.join(gone)}" if gone else ""))
 
 
-def stop_running_daemon(log) -> None:
-    """SIGTERM the daemon that holds ``log`` and wait for its lock to go."""
-    pid = lock.holder_pid(log)
-    if pid is None:
-        raise Failure(f"a process holds the lock on {log.root} but its pid is unknown; stop it by hand")
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    while lock.is_locked(log):
-        if time.monotonic() > deadline:
-            raise Failure(f"the daemon (pid {pid}) did not stop within 15 s")
-        time.sleep(0.1)
-
-
 @click.command("restore")
 @click.argument("ident", metavar="ID")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Write a complete log dir for ID here; change nothing else.")
@@ -146,37 +124,18 @@ def restore_cmd(cfg, log, ident, out, print_, fmt, stop_daemon) -> None:
     manifest = find(require_log(log), ident)
     try:
         if print_:
-            for chunk in render.lines(conversation_upto(log, manifest["last_seq"]), fmt):
+            for chunk in render.lines(select.conversation_upto(log, manifest["last_seq"]), fmt):
                 click.echo(chunk)
             return
         if out is not None:
-            with click.progressbar(length=restore.copy_tree_size(manifest), label=f"writing {out}",
-                                   file=None if os.isatty(2) else open(os.devnull, "w")) as bar:
+            with progress(restore.copy_tree_size(manifest), f"writing {out}") as bar:
                 restore.restore_to(log, manifest, out, bar.update)
             click.echo(f"restored checkpoint {manifest['id']} (seq 1..{manifest['last_seq']}) into {out}")
             return
-        if lock.is_locked(log):
-            if not stop_daemon:
-                pid = lock.holder_pid(log)
-                raise Failure(f"a daemon (pid {pid}) is recording into {log.root}; "
-                              "pass --stop-daemon, or use --out DIR to restore elsewhere")
-            stop_running_daemon(log)
-        fd = lock.acquire(log)
-        try:
-            result = restore.restore_in_place(log, manifest)
-        finally:
-            os.close(fd)
+        result = restore.restore_held(log, manifest, stop_daemon)
     except restore.RestoreError as exc:
         raise UsageError(str(exc)) from None
+    except (lock.AlreadyRunning, lock.StillRunning) as exc:
+        raise Failure(str(exc)) from None
     click.echo(f"restored checkpoint {manifest['id']}: the log ends at seq {manifest['last_seq']}; "
                f"{result['set_aside_records']} later record(s) set aside in {log.root / result['archived_to']}")
-
-
-def conversation_upto(log, last_seq: int):
-    """The agents' records (no ``$persist/`` ones) with seq up to ``last_seq``."""
-    for e in reader.records(log):
-        if e.seq > last_seq:
-            return
-        if not is_system(e.rec):
-            yield e
-

@@ -1,26 +1,27 @@
 """What every persist-cli command shares: options, the log dir, errors, and output helpers.
 
 Commands stay a dozen lines each: they parse options, call the format
-library in ``persist.daemon`` and hand rows to ``table`` or ``json_lines``.
+library in ``persist.daemon`` and hand rows to ``listing`` (``--json`` or a
+table), ``table``, ``fields`` or ``json_lines``; long work shows ``progress``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import re
+import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import click
 import orjson
 
 from persist.daemon import config
+from persist.daemon.log import times
 from persist.daemon.log.layout import LogDir
-from persist.daemon.log.record import is_system
 from persist.daemon.log.render import payload_text, speaker
 
 
@@ -110,6 +111,34 @@ def table(headers: list[str], rows: list[list[Any]], right: Iterable[int] = ()) 
         click.echo(fmt(row))
 
 
+def listing(as_json: bool, items: list[Any], headers: list[str], row: Callable[[Any], list[Any]],
+            right: Iterable[int] = (), empty: str | None = None) -> None:
+    """``items`` as JSON Lines with ``--json``, else as a table of ``row(item)`` (or ``empty`` when there are none)."""
+    if as_json:
+        return json_lines(items)
+    if not items and empty is not None:
+        return click.echo(empty)
+    table(headers, [row(item) for item in items], right)
+
+
+def fields(rows: Iterable[tuple[str, Any]], width: int, bold: bool = False) -> None:
+    """``key  value`` lines, keys padded to ``width`` (bold on a terminal with ``bold``)."""
+    for key, value in rows:
+        click.echo((style(key, bold=True) + " " * (width - len(key)) if bold else f"{key:<{width}}") + str(value))
+
+
+@contextlib.contextmanager
+def progress(length: int, label: str) -> Iterator[Any]:
+    """A click progress bar on stderr when it is a terminal; silent otherwise (never in piped output)."""
+    quiet = None if sys.stderr.isatty() else open(os.devnull, "w")
+    try:
+        with click.progressbar(length=length, label=label, file=quiet or sys.stderr) as bar:
+            yield bar
+    finally:
+        if quiet is not None:
+            quiet.close()
+
+
 def size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -118,15 +147,11 @@ def size(n: float) -> str:
     return f"{n} B"
 
 
-def parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 def ago(iso: str | None) -> str:
     """``3 min ago`` for a record or checkpoint time."""
     if not iso:
         return "never"
-    seconds = time.time() - parse_iso(iso).timestamp()
+    seconds = time.time() - times.epoch(iso)
     for limit, unit, div in ((60, "s", 1), (3600, "min", 60), (86400, "h", 3600), (float("inf"), "d", 86400)):
         if seconds < limit:
             return f"{seconds / div:.0f} {unit} ago"
@@ -139,49 +164,15 @@ def terminal_width() -> int:
 
 # --- time filters ------------------------------------------------------------
 
-RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hour|d|day|w|week)s?(\s+ago)?$")
-UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400,
-         "w": 604800, "week": 604800}
-
 
 def parse_when(text: str | None, flag: str) -> str | None:
     """A ``--since``/``--until`` value as an ISO UTC string comparable with ``received_at``."""
     if text is None:
         return None
-    now = datetime.now(timezone.utc)
-    t = text.strip().lower()
-    m = RELATIVE.match(t)
-    if m:
-        try:
-            when = now - timedelta(seconds=float(m.group(1)) * UNITS[m.group(2)])
-        except OverflowError:
-            raise UsageError(f"{flag} {text!r} reaches before year 1: use a shorter duration or an ISO 8601 time") from None
-    elif t in ("now", "today", "yesterday"):
-        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        when = {"now": now, "today": midnight, "yesterday": midnight - timedelta(days=1)}[t]
-    else:
-        try:
-            when = parse_iso(text.strip())
-        except ValueError:
-            raise UsageError(f"{flag} {text!r} is not a time: use ISO 8601 (2026-11-24T19:22:01Z), "
-                             "a duration like 15m, 2h, 3d, or today/yesterday") from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def matches(rec: dict[str, Any], topic: str | None = None, sender: str | None = None,
-            since: str | None = None, until: str | None = None, system: bool = True) -> bool:
-    """The filters every reading command shares (topic is a prefix, like a subscription)."""
-    if not system and is_system(rec):
-        return False
-    if topic is not None and not rec.get("topic", "").startswith(topic):
-        return False
-    if sender is not None and str(rec.get("meta", {}).get("sender")) != sender:
-        return False
-    if since is not None and rec["received_at"] < since:
-        return False
-    return until is None or rec["received_at"] <= until
+    try:
+        return times.parse_when(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag} {text!r} {exc}") from None
 
 
 def one_line(rec: dict[str, Any], width: int | None = None) -> str:

@@ -20,6 +20,7 @@ import click
 from persist.agent.launcher import DaemonStartError, ensure_daemon
 from persist.daemon.log import render
 from persist.daemon.log.fsutil import ensure_dir, write_atomically
+from persist.daemon.log.select import conversation_upto
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 
@@ -31,7 +32,6 @@ def fail(code: int, message: str) -> None:
 
 def restored_context(log) -> Path | None:
     """Let the user pick a checkpoint; write its conversation for the agent to read."""
-    from persist.cli.checkpoints import conversation_upto
     from persist.cli.menu import Keys, pick_checkpoint
 
     with Keys() as keys:

@@ -26,7 +26,7 @@ COMMANDS = {
     "verify": "read:verify_cmd",
     "recover": "read:recover",
     "doctor": "status:doctor",
-    "stats": "status:stats",
+    "stats": "status:stats_cmd",
     "menu": "menu:menu",
     "broker": "broker:broker",
     "search": "search:search_cmd",

@@ -16,12 +16,13 @@ import tty
 
 import click
 
-from persist.cli.checkpoints import conversation_upto, restore_cmd
+from persist.cli.checkpoints import restore_cmd
 from persist.cli.common import ago, require_log, with_log_dir
 from persist.cli.read import recent
 from persist.cli.search import search_cmd
 from persist.cli.status import status
 from persist.daemon.log import checkpoints, render
+from persist.daemon.log.select import conversation_upto
 
 UP, DOWN = ("\x1b[A", "k"), ("\x1b[B", "j")
 BACK = ("q", "\x1b")

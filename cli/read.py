@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import os
 import sys
 from itertools import islice
 
@@ -14,23 +12,21 @@ from persist.cli.common import (
     UsageError,
     json_lines,
     json_option,
-    matches,
     one_line,
     parse_when,
+    progress,
     require_log,
     style,
     with_log_dir,
 )
 from persist.daemon.log import lock, reader, render, restore
+from persist.daemon.log.fsutil import create_new
+from persist.daemon.log.select import matches
+from persist.daemon.log.stats import log_bytes
 from persist.daemon.log.store import repair_tail
 
 topic_option = click.option("--topic", help="Only topics starting with this prefix.")
 sender_option = click.option("--sender", help="Only records whose meta.sender is this.")
-
-
-def progress_file():
-    """Progress bars go to a terminal only, never into piped output."""
-    return sys.stderr if sys.stderr.isatty() else open(os.devnull, "w")
 
 
 @click.command()
@@ -62,9 +58,8 @@ def recent(cfg, log, count, topic, sender, follow_, system, as_json) -> None:
         pass
 
 
-
 @click.command()
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "markdown"]), default="jsonl", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(render.EXPORT_FORMATS), default="jsonl", show_default=True)
 @click.option("--since", help="ISO time, or a duration ago like 15m, 2h, 3d.")
 @click.option("--until", help="ISO time, or a duration ago.")
 @topic_option
@@ -86,7 +81,7 @@ def export(cfg, log, fmt, since, until, topic, sender, output, mode) -> None:
     entries = (e for e in reader.records(log) if matches(e.rec, topic, sender, since, until))
     out = _create_private(output, perms) if output else sys.stdout
     try:
-        n = _write_export(entries, fmt, out)
+        n = render.export(entries, fmt, out)
     finally:
         if output:
             out.close()
@@ -97,37 +92,12 @@ def export(cfg, log, fmt, since, until, topic, sender, output, mode) -> None:
 def _create_private(output: str, perms: int):
     """``output`` created anew (never an existing file) with exactly ``perms``."""
     try:
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = create_new(output, perms)
     except FileExistsError:
         raise UsageError(f"{output} already exists; choose another -o FILE or remove it first") from None
     except OSError as exc:
         raise UsageError(f"cannot create {output}: {exc.strerror}; choose another -o FILE") from None
-    os.fchmod(fd, perms)
     return open(fd, "w", encoding="utf-8", newline="")
-
-
-def _write_export(entries, fmt: str, out) -> int:
-    n = 0
-    if fmt == "csv":
-        writer = csv.writer(out)
-        writer.writerow(["seq", "received_at", "topic", "sender", "recipient", "thread_id", "kind", "text"])
-        for e in entries:
-            meta = e.rec.get("meta", {})
-            writer.writerow([e.seq, e.rec["received_at"], e.rec["topic"], meta.get("sender", ""),
-                             meta.get("recipient", ""), meta.get("thread_id", ""), meta.get("kind", ""),
-                             render.payload_text(e.rec, e.line)])
-            n += 1
-        return n
-
-    def counted():
-        nonlocal n
-        for e in entries:
-            n += 1
-            yield e
-
-    for chunk in render.lines(counted(), "json" if fmt == "jsonl" else "markdown"):
-        out.write(chunk + "\n")
-    return n
 
 
 @click.command("verify")
@@ -137,8 +107,7 @@ def verify_cmd(cfg, log) -> None:
     from persist.daemon.log.verify import verify
 
     require_log(log)
-    total = sum(nbytes for _, nbytes in reader.sizes(log))
-    with click.progressbar(length=total, label="verifying", file=progress_file()) as bar:
+    with progress(log_bytes(log), "verifying") as bar:
         problems, records = verify(log, bar.update)
     for p in problems:
         click.echo(style("✗ ", fg="red") + p)
@@ -157,15 +126,12 @@ def recover(cfg, log) -> None:
     if lock.is_locked(log):
         raise Failure(f"a daemon (pid {lock.holder_pid(log)}) is recording into {log.root}; "
                       "it repaired the log when it started")
-    fd = lock.acquire(log)
-    try:
+    with lock.held(log):
         finished = restore.finish_interrupted(log)
         repaired = repair_tail(log.active, log.recovery)
         db = index.connect(index.index_path(log))
         indexed = index.catch_up(log, db)
         db.close()
-    finally:
-        os.close(fd)
     if finished is not None:
         click.echo(f"finished the interrupted restore of checkpoint {finished['checkpoint']} "
                    f"(set aside in {log.root / finished['archived_to']})")

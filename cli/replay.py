@@ -7,7 +7,7 @@ import sys
 import click
 import zmq
 
-from persist.cli.common import Failure, UsageError, json_lines, parse_when, require_log, with_log_dir
+from persist.cli.common import Failure, UsageError, json_lines, parse_when, progress, require_log, with_log_dir
 from persist.daemon.config import ENDPOINT
 from persist.daemon.log import checkpoints
 from persist.daemon.replay import NoSubscriber, Selection, announced, open_socket, send, wait_for_subscriber
@@ -54,8 +54,7 @@ def replay(cfg, log, checkpoint_id, since, until, topics, sender, thread_id, end
             raise Failure(f"cannot {'bind' if bind else 'connect to'} {endpoint}: {exc.strerror}") from None
         except NoSubscriber as exc:
             raise Failure(str(exc)) from None
-        quiet = None if sys.stderr.isatty() else open("/dev/null", "w")
-        with click.progressbar(length=total, label=f"replaying to {endpoint}", file=quiet) as bar:
+        with progress(total, f"replaying to {endpoint}") as bar:
             try:
                 entries = announced(selection.entries(log), log, chunk=1000 if as_fast else 1)
                 n = send(sock, entries, None if as_fast else rate, lambda _: bar.update(1))

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
-import time
 
 import click
 
@@ -15,35 +12,27 @@ from persist.cli.common import (
     ago,
     json_lines,
     json_option,
+    listing,
     parse_when,
+    progress,
     require_log,
     style,
-    table,
     with_log_dir,
 )
 from persist.daemon import index
 from persist.daemon.index.search import HIGHLIGHT, Filters, close_threads, search, thread_rows, threads
-from persist.daemon.log import reader, render
+from persist.daemon.log import render
 from persist.daemon.log.errors import SearchIndexError
+from persist.daemon.log.select import newest_fitting
+from persist.daemon.log.stats import log_bytes
 
 
 def open_index(log):
-    """The search index, brought up to date first when no indexer is keeping it so.
-
-    With the daemon stopped (or its indexing off) the newest records would
-    otherwise be missing from what search, thread and threads find.
-    """
+    """The search index, up to date (``index.open_current``)."""
     try:
-        db = index.connect(index.index_path(log), create=False)
+        return index.open_current(log)
     except SearchIndexError as exc:
         raise Failure(str(exc)) from None
-    fd = index.try_indexer_lock(log)
-    if fd is not None:  # else an indexer is at work: it keeps the index current
-        try:
-            index.catch_up(log, db)
-        finally:
-            os.close(fd)
-    return db
 
 
 replays_option = click.option("--include-replays", is_flag=True,
@@ -102,17 +91,7 @@ def thread_cmd(ctx, cfg, log, thread_id, fmt, max_tokens, list_, include_replays
         close = close_threads(db, thread_id)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see persist-cli threads"
         raise UsageError(f"no thread '{thread_id}'{hint}")
-    left_out = 0
-    if max_tokens:
-        kept, used = [], 0
-        for e in reversed(entries):
-            cost = int(e.rec.get("meta", {}).get("tokens") or len(e.line) // 4)
-            if used + cost > max_tokens and kept:
-                break
-            kept.append(e)
-            used += cost
-        left_out = len(entries) - len(kept)
-        entries = kept[::-1]
+    entries, left_out = newest_fitting(entries, max_tokens)
     if left_out and fmt != "json":
         click.echo(f"({left_out} earlier turn(s) left out to fit {max_tokens} tokens)")
     for chunk in render.lines(entries, fmt):
@@ -128,12 +107,10 @@ def thread_cmd(ctx, cfg, log, thread_id, fmt, max_tokens, list_, include_replays
 @json_option
 def threads_cmd(cfg, log, limit, include_replays, as_json) -> None:
     """Threads, most recently active first: first and last time, turns, participants."""
-    items = threads(open_index(require_log(log)), limit, include_replays)
-    if as_json:
-        return json_lines(items)
-    table(["thread", "turns", "first", "last", "participants"],
-          [[t["thread_id"], t["turns"], ago(t["first_at"]), ago(t["last_at"]), ", ".join(t["participants"])]
-           for t in items], right=(1,))
+    listing(as_json, threads(open_index(require_log(log)), limit, include_replays),
+            ["thread", "turns", "first", "last", "participants"],
+            lambda t: [t["thread_id"], t["turns"], ago(t["first_at"]), ago(t["last_at"]), ", ".join(t["participants"])],
+            right=(1,))
 
 
 @click.group("index")
@@ -146,42 +123,7 @@ def index_group() -> None:
 def rebuild(cfg, log) -> None:
     """Rebuild the search index from the JSONL (pausing a running daemon's indexer meanwhile)."""
     require_log(log)
-    lock_fd = take_indexer_lock(log)
-    try:
-        path = index.index_path(log)
-        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-            p.unlink(missing_ok=True)
-        db = index.connect(path)
-        starts, total = {}, 0  # where each segment begins in the whole log, for the progress bar
-        for seg, nbytes in reader.sizes(log):
-            starts[seg.name] = total
-            total += nbytes
-        quiet = None if sys.stderr.isatty() else open(os.devnull, "w")
-        with click.progressbar(length=total, label="indexing", file=quiet) as bar:
-            count = index.catch_up(log, db, lambda seg, off: bar.update(starts.get(seg, 0) + off - bar.pos))
-            bar.update(total - bar.pos)
-        db.close()
-    finally:
-        os.close(lock_fd)
+    with progress(log_bytes(log), "indexing") as bar:
+        count = index.rebuild(log, lambda done: bar.update(done - bar.pos))
+        bar.update(bar.length - bar.pos)
     click.echo(f"indexed {count} records into {index.index_path(log)}")
-
-
-def take_indexer_lock(log) -> int:
-    """Hold ``indexer.lock``; a running indexer is asked to stop (the daemon restarts it later).
-
-    Only a process that really holds the lock and is a persist indexer is
-    signalled: the pid in the file may be stale and reused by anything.
-    """
-    path = index.index_dir(log) / "indexer.lock"
-    deadline = time.monotonic() + 15
-    asked = False
-    while (fd := index.try_indexer_lock(log)) is None:
-        pid = index.indexer_pid(log)
-        if pid and not asked:
-            os.kill(pid, signal.SIGTERM)
-            asked = True
-        if time.monotonic() > deadline:
-            raise Failure(f"{path} is held by {'the indexer (pid %d)' % pid if pid else 'another process'} "
-                          "and was not released within 15 s; try again")
-        time.sleep(0.05)
-    return fd

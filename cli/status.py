@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
-import stat
 import time
-from collections import Counter
 from urllib.parse import urlsplit
 
 import click
@@ -16,6 +13,7 @@ from persist.cli.common import (
     Failure,
     ago,
     daemon_status,
+    fields,
     json_lines,
     json_option,
     require_log,
@@ -25,15 +23,9 @@ from persist.cli.common import (
     with_log_dir,
 )
 from persist.daemon import config
-from persist.daemon.log import checkpoints, lock, reader
-from persist.daemon.log.fsutil import DIR_MODE, FILE_MODE
+from persist.daemon.log import lock, reader, stats
+from persist.daemon.log.fsutil import cannot_write, too_open
 from persist.daemon.log.layout import LogDir
-
-
-def disk(log) -> dict:
-    used = sum(nbytes for _, nbytes in reader.sizes(log))
-    free = shutil.disk_usage(log.root).free
-    return {"log_bytes": used, "disk_free_bytes": free}
 
 
 @click.command()
@@ -41,19 +33,7 @@ def disk(log) -> dict:
 @json_option
 def status(cfg, log, as_json) -> None:
     """Is the daemon recording? pid, uptime, records, rate, last checkpoint, disk, gaps."""
-    require_log(log)
-    live = daemon_status(log)
-    last = reader.last_record(log)
-    cp = checkpoints.latest(log)
-    info = {
-        "running": live is not None,
-        **({k: v for k, v in live.items() if k != "ok"} if live else {}),
-        "last_seq": live["last_seq"] if live else (last.seq if last else 0),
-        "last_record_at": last.rec["received_at"] if last else None,
-        "last_checkpoint": ({k: cp[k] for k in ("id", "label", "reason", "created_at", "last_seq")} if cp else None),
-        **disk(log),
-        "log_dir": str(log.root.resolve()),
-    }
+    info = stats.summary(require_log(log), live := daemon_status(log))
     if as_json:
         return json_lines([info])
     if live:
@@ -69,29 +49,24 @@ def status(cfg, log, as_json) -> None:
         rows.append(["rate", f"{live['rate']:.1f} msg/s; {live['recorded']} this run; gaps {live['gaps']}"])
         if live.get("disk_full"):
             rows.append(["DISK FULL", style(f"{live['spooled']} records waiting in memory, {live['dropped']} dropped", fg="red")])
+    cp = info["last_checkpoint"]
     rows.append(["checkpoint", f"{cp['id']} ({cp['reason']}), {ago(cp['created_at'])}" if cp else "none yet"])
     rows.append(["disk", f"{size(info['log_bytes'])} used by the log, {size(info['disk_free_bytes'])} free"])
-    for key, value in rows:
-        click.echo(style(key, bold=True) + " " * (12 - len(key)) + value)
+    fields(rows, 12, bold=True)
 
 
 def _check_modes(log) -> tuple[bool, str]:
-    bad = [str(p) for p in [log.root, log.segments, log.checkpoints, log.recovery] if p.exists()
-           and stat.S_IMODE(p.stat().st_mode) & ~DIR_MODE]
-    bad += [str(seg.path) for seg, _ in reader.sizes(log) if stat.S_IMODE(seg.path.stat().st_mode) & ~FILE_MODE]
+    dirs = [log.root, log.segments, log.checkpoints, log.recovery]
+    bad = too_open(dirs + [seg.path for seg, _ in reader.sizes(log)])
     if bad:
-        return False, f"too open: {', '.join(bad[:3])} — chmod 700 dirs, 600 files"
+        return False, f"too open: {', '.join(map(str, bad[:3]))} — chmod 700 dirs, 600 files"
     return True, "directories 0700, files 0600"
 
 
 def _check_writable(log) -> tuple[bool, str]:
     if not log.root.exists():
         return False, f"{log.root} does not exist — start persist-daemon once, or pass --log-dir"
-    probe = log.root / f".doctor-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
+    if exc := cannot_write(log.root):
         return False, f"cannot write {log.root}: {exc.strerror} — fix its owner/permissions"
     return True, f"{log.root} is writable"
 
@@ -143,42 +118,15 @@ def doctor(config_path, log_dir) -> None:
         raise Failure(f"{sum(not ok for _, ok, _ in checks)} check(s) failed")
 
 
-class Tally:
-    """Per-topic and per-sender counts, kept up to date incrementally."""
-
-    def __init__(self) -> None:
-        self.topics: Counter = Counter()
-        self.senders: Counter = Counter()
-        self.times: list[str] = []
-        self.after = 0
-
-    def update(self, log) -> None:
-        for e in reader.records(log, self.after):
-            self.after = e.seq
-            self.topics[e.rec["topic"]] += 1
-            sender = e.rec.get("meta", {}).get("sender")
-            if sender is not None:
-                self.senders[str(sender)] += 1
-            self.times.append(e.rec["received_at"])
-        minute_ago = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 60))
-        self.times = [t for t in self.times if t >= minute_ago]
-
-    def as_dict(self, log) -> dict:
-        return {"records": sum(self.topics.values()), "rate_last_minute": len(self.times) / 60,
-                "topics": dict(self.topics.most_common()), "senders": dict(self.senders.most_common()),
-                "checkpoints": [{k: m[k] for k in ("id", "reason", "created_at", "last_seq")}
-                                for m in checkpoints.readable(log)]}
-
-
-@click.command()
+@click.command("stats")
 @click.option("--watch", is_flag=True, help="Refresh every 2 s until Ctrl-C.")
 @click.option("--top", type=int, default=15, show_default=True, help="Rows per table.")
 @with_log_dir
 @json_option
-def stats(cfg, log, watch, top, as_json) -> None:
+def stats_cmd(cfg, log, watch, top, as_json) -> None:
     """Records per topic and per sender, rate over the last minute, the checkpoint timeline."""
     require_log(log)
-    tally = Tally()
+    tally = stats.Tally()
     try:
         while True:
             tally.update(log)

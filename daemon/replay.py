@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import zmq
 
@@ -22,6 +21,8 @@ from persist.daemon.log import reader
 from persist.daemon.log.errors import ControlError
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.record import is_system
+from persist.daemon.log.select import matches
+from persist.daemon.log.times import epoch
 
 
 class NoSubscriber(RuntimeError):
@@ -38,22 +39,14 @@ class Selection:
     thread: str | None = None
 
     def entries(self, log: LogDir) -> Iterator[reader.Entry]:
+        """The agents' records selected, in recorded order (reading stops at the first one after ``until``)."""
         for e in reader.records(log, self.after_seq):
-            rec = e.rec
-            if is_system(rec):
+            if is_system(e.rec):
                 continue
-            if self.until is not None and rec["received_at"] > self.until:
+            if self.until is not None and e.rec["received_at"] > self.until:
                 return
-            if self.since is not None and rec["received_at"] < self.since:
-                continue
-            if self.topics and not rec["topic"].startswith(self.topics):
-                continue
-            meta = rec.get("meta", {})
-            if self.sender is not None and str(meta.get("sender")) != self.sender:
-                continue
-            if self.thread is not None and str(meta.get("thread_id")) != self.thread:
-                continue
-            yield e
+            if matches(e.rec, self.topics or None, self.sender, self.since, thread=self.thread):
+                yield e
 
 
 def open_socket(ctx: zmq.Context, endpoint: str, bind: bool) -> zmq.Socket:
@@ -72,10 +65,6 @@ def wait_for_subscriber(sock: zmq.Socket, endpoint: str, timeout: float) -> None
         sock.recv()
 
 
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
 def send(sock: zmq.Socket, entries: Iterator[reader.Entry], rate: float | None,
          sent: Callable[[reader.Entry], None] | None = None) -> int:
     """Publish each entry's frames; ``rate`` None means as fast as possible."""
@@ -83,7 +72,7 @@ def send(sock: zmq.Socket, entries: Iterator[reader.Entry], rate: float | None,
     first_orig = first_wall = None
     for e in entries:
         if rate is not None:
-            t = _epoch(e.rec["received_at"])
+            t = epoch(e.rec["received_at"])
             if first_orig is None:
                 first_orig, first_wall = t, time.monotonic()
             delay = first_wall + (t - first_orig) / rate - time.monotonic()

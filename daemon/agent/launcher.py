@@ -11,7 +11,6 @@ period after the last registered agent leaves; one started any other way
 
 from __future__ import annotations
 
-import fcntl
 import os
 import subprocess
 import sys
@@ -130,17 +129,10 @@ def _load_config(path: str | None, overrides: dict) -> config.Config:
 
 
 def _ensure_running(log: LogDir, config_path: str | None, connect: list[str] | None) -> tuple[bool, int | None]:
-    fd = open_private(log.root / "launcher.lock", os.O_RDWR | os.O_CREAT)
+    fd = lock.try_lock_file(log.root / "launcher.lock", wait=START_TIMEOUT)
+    if fd is None:
+        raise DaemonStartError(f"another launcher holds {log.root / 'launcher.lock'} for too long")
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise DaemonStartError(f"another launcher holds {log.root / 'launcher.lock'} for too long") from None
-                time.sleep(0.02)
         if lock.is_locked(log):
             if _answers(log) is None:
                 _wait_answering(log)

@@ -7,14 +7,18 @@ print the record exactly as written), and its text in an FTS5 table. The
 ``state`` table remembers how far indexing got (last seq, segment, offset), in
 the same transaction as the rows, so an indexer killed at any moment resumes
 exactly where its last commit ended.
+
+This module owns the schema and catch-up (``connect``, ``add``,
+``catch_up``, ``open_current``, ``rebuild``); ``search`` the queries and
+reading hits back from the JSONL; ``lock`` who may write the index;
+``indexer`` the process that keeps it current while the daemon records.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +26,12 @@ import structlog
 
 from persist.daemon.log import reader, retention
 from persist.daemon.log.errors import SearchIndexError
-from persist.daemon.log.fsutil import open_private
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.record import is_system
 from persist.daemon.log.render import payload_text
+
+from persist.daemon.index.lock import indexer_pid, take_indexer_lock, try_indexer_lock  # noqa: F401 (API)
+from persist.daemon.index.search import entries, line_at  # noqa: F401 (API)
 
 SCHEMA = """
 PRAGMA journal_mode=WAL;
@@ -51,43 +57,50 @@ log = structlog.get_logger("persist.index")
 
 
 def index_dir(log: LogDir) -> Path:
-    return log.root / "metadata_index"
+    return log.index
 
 
 def index_path(log: LogDir) -> Path:
     return index_dir(log) / "index.sqlite"
 
 
-def try_indexer_lock(log: LogDir) -> int | None:
-    """An fd holding ``indexer.lock`` (one indexer per log dir), or None if someone else holds it."""
-    index_dir(log).mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = open_private(index_dir(log) / "indexer.lock", os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return fd
-    except BlockingIOError:
-        os.close(fd)
-        return None
+def open_current(log: LogDir) -> sqlite3.Connection:
+    """The search index, brought up to date first when no indexer is keeping it so.
 
-
-def indexer_pid(log: LogDir) -> int | None:
-    """The pid of the persist indexer holding ``indexer.lock`` now, or None.
-
-    The pid in the file is believed only if that process holds an flock on
-    the file (``/proc/locks``) and runs ``persist.daemon.index.indexer``: a stale
-    pid reused by an unrelated process is never named.
+    With the daemon stopped (or its indexing off) the newest records would
+    otherwise be missing from what search, thread and threads find.
     """
-    path = index_dir(log) / "indexer.lock"
+    db = connect(index_path(log), create=False)
+    fd = try_indexer_lock(log)
+    if fd is not None:  # else an indexer is at work: it keeps the index current
+        try:
+            catch_up(log, db)
+        finally:
+            os.close(fd)
+    return db
+
+
+def rebuild(log: LogDir, progress: Callable[[int], None] | None = None, timeout: float = 15.0) -> int:
+    """Build the index anew from the JSONL, pausing a running indexer meanwhile; how many records it holds.
+
+    ``progress(bytes)`` is told how far into the whole log (``reader.sizes``) indexing got.
+    """
+    lock_fd = take_indexer_lock(log, timeout)
     try:
-        pid = int(path.read_text().strip() or 0)
-        inode = path.stat().st_ino
-        holders = Path("/proc/locks").read_text().splitlines()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if pid > 0 else b""
-    except (OSError, ValueError):
-        return None
-    held = any(f[1] == "FLOCK" and f[4] == str(pid) and f[5].rsplit(":", 1)[-1] == str(inode)
-               for f in (line.split() for line in holders) if len(f) > 5)
-    return pid if held and b"persist.daemon.index.indexer" in cmdline else None
+        path = index_path(log)
+        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            p.unlink(missing_ok=True)
+        db = connect(path)
+        starts, total = {}, 0  # where each segment begins in the whole log
+        for seg, nbytes in reader.sizes(log):
+            starts[seg.name] = total
+            total += nbytes
+        try:
+            return catch_up(log, db, progress and (lambda seg, off: progress(starts.get(seg, 0) + off)))
+        finally:
+            db.close()
+    finally:
+        os.close(lock_fd)
 
 
 def connect(path: Path, create: bool = True) -> sqlite3.Connection:
@@ -237,25 +250,3 @@ def forget_deleted(log: LogDir, db: sqlite3.Connection) -> int:
     return removed
 
 
-def line_at(log: LogDir, segment: str, end_offset: int) -> bytes | None:
-    """The exact record line ending at ``end_offset`` of segment ``segment``, active or rotated (None if deleted)."""
-    f = reader.open_segment(log, segment)
-    if f is None:
-        return None
-    start = max(0, end_offset - (1 << 16))
-    with f:
-        while True:
-            f.seek(start)
-            data = f.read(end_offset - start)
-            nl = data.rfind(b"\n", 0, len(data) - 1)
-            if nl >= 0 or start == 0:
-                return data[nl + 1 :]
-            start = max(0, start - (1 << 20))
-
-
-def entries(log: LogDir, rows: Iterable[tuple[str, int]]) -> Iterator[reader.Entry]:
-    """The records for ``(segment, offset)`` rows, read from the JSONL itself."""
-    for segment, offset in rows:
-        line = line_at(log, segment, offset)
-        if line is not None and (e := reader.entry(line, log.segments / segment)) is not None:
-            yield e  # else storage.retention deleted it since it was indexed

@@ -1,4 +1,5 @@
-"""Queries over the search index: ranked full-text search, threads, and one thread's records.
+"""Queries over the search index: ranked full-text search, threads, one thread's records, and the
+records of the rows found read back from the JSONL (``entries``: the log is the truth, the index a map).
 
 FTS5 query syntax (words, "phrases", prefix*, AND/OR/NOT) is passed through;
 a query FTS5 rejects becomes a ``SearchIndexError`` with a one-line hint.
@@ -8,10 +9,13 @@ from __future__ import annotations
 
 import difflib
 import sqlite3
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from persist.daemon.log import reader
 from persist.daemon.log.errors import SearchIndexError
+from persist.daemon.log.layout import LogDir
 
 HIGHLIGHT = ("\x1b[1;33m", "\x1b[0m")
 # Without filters, relevance is ranked among the newest RANK_WINDOW matches: a
@@ -97,3 +101,27 @@ def threads(db: sqlite3.Connection, limit: int = 100, include_replays: bool = Fa
 def close_threads(db: sqlite3.Connection, thread_id: str) -> list[str]:
     known = [t for (t,) in db.execute("SELECT DISTINCT thread_id FROM records WHERE thread_id IS NOT NULL LIMIT 10000")]
     return difflib.get_close_matches(thread_id, known, n=3)
+
+
+def line_at(log: LogDir, segment: str, end_offset: int) -> bytes | None:
+    """The exact record line ending at ``end_offset`` of segment ``segment``, active or rotated (None if deleted)."""
+    f = reader.open_segment(log, segment)
+    if f is None:
+        return None
+    start = max(0, end_offset - (1 << 16))
+    with f:
+        while True:
+            f.seek(start)
+            data = f.read(end_offset - start)
+            nl = data.rfind(b"\n", 0, len(data) - 1)
+            if nl >= 0 or start == 0:
+                return data[nl + 1 :]
+            start = max(0, start - (1 << 20))
+
+
+def entries(log: LogDir, rows: Iterable[tuple[str, int]]) -> Iterator[reader.Entry]:
+    """The records for ``(segment, offset)`` rows, read from the JSONL itself."""
+    for segment, offset in rows:
+        line = line_at(log, segment, offset)
+        if line is not None and (e := reader.entry(line, log.segments / segment)) is not None:
+            yield e  # else storage.retention deleted it since it was indexed

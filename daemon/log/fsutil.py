@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -71,6 +72,30 @@ def _check_entry(path: Path, st: os.stat_result, me: int) -> None:
                       "chown it to this user or choose another --log-dir")
 
 
+def too_open(paths: Iterable[Path]) -> list[Path]:
+    """Those of ``paths`` others may read or enter (wider than 0700 for a directory, 0600 for a file)."""
+    out = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            continue
+        if stat.S_IMODE(st.st_mode) & ~(DIR_MODE if stat.S_ISDIR(st.st_mode) else FILE_MODE):
+            out.append(p)
+    return out
+
+
+def cannot_write(directory: Path) -> OSError | None:
+    """Why a file cannot be created in ``directory`` (None if one can: a probe file is made and removed)."""
+    probe = directory / f".probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return exc
+    return None
+
+
 def ensure_dir(path: Path) -> Path:
     """Create ``path`` (and parents) with mode 0700 if missing; return it."""
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
@@ -86,6 +111,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` to ``fd`` or raise: ``os.write`` may write less than asked."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def create_new(path: Path | str, mode: int = FILE_MODE) -> int:
+    """A new file at ``path`` (never an existing one: ``FileExistsError``) with exactly ``mode``; its fd."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    os.fchmod(fd, mode)
+    return fd
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data``: a reader sees the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -93,9 +132,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -39,6 +39,11 @@ class LogDir:
         return self.root / "checkpoints"
 
     @property
+    def index(self) -> Path:
+        """The search index's folder (derived data, ``persist.daemon.index``'s)."""
+        return self.root / "metadata_index"
+
+    @property
     def pid_file(self) -> Path:
         return self.root / "daemon.pid"
 

@@ -24,65 +24,18 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import orjson
 
 from persist.daemon.log.fsutil import open_private, open_reading
+from persist.daemon.log.entry import Entry, Line, Segment, entry, first_seq_of  # noqa: F401 (the reader's API)
 from persist.daemon.log.layout import LogDir, segment_name
-from persist.daemon.log.record import decode_frames
 from persist.daemon.log.store import last_newline
 
 CHUNK = 1 << 20
-SEGMENT_NAME = re.compile(r"^seg-(\d{16,})\.jsonl$")
 SEQ_PREFIX = re.compile(rb'^\{"v":\d+,"seq":(\d+),')  # how every record line starts, even one too deep to parse
-
-
-@dataclass(slots=True)
-class Entry:
-    """One record as read from disk: its parsed fields and its exact line."""
-
-    rec: dict[str, Any]
-    line: bytes
-    path: Path
-
-    @property
-    def seq(self) -> int:
-        return self.rec["seq"]
-
-    def frames(self) -> list[bytes]:
-        return decode_frames(self.line, self.rec)
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """A segment by its stable name (from its first seq) and where it was found."""
-
-    name: str
-    path: Path
-    first_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class Line:
-    """One whole line, the segment it belongs to, and its byte offset there."""
-
-    segment: str
-    path: Path
-    offset: int
-    data: bytes
-
-    @property
-    def end(self) -> int:
-        return self.offset + len(self.data)
-
-
-def first_seq_of(name: str) -> int | None:
-    """The first seq a segment name stands for (None for a name that is not a segment's)."""
-    m = SEGMENT_NAME.match(name)
-    return int(m.group(1)) if m else None
 
 
 def closed_segments(log: LogDir) -> list[Segment]:
@@ -283,15 +236,6 @@ def lines_forward(path: Path, offset: int = 0) -> Iterator[tuple[int, bytes]]:
     with f:
         for line in _Tail(f, path.name, path, offset).drain():
             yield line.offset, line.data
-
-
-def entry(line: bytes, path: Path) -> Entry | None:
-    """The record on ``line``; None for a line that is not a record (garbage, nested too deep to parse)."""
-    try:
-        rec = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    return Entry(rec, line, path) if isinstance(rec, dict) and isinstance(rec.get("seq"), int) else None
 
 
 def records(log: LogDir, after_seq: int = 0) -> Iterator[Entry]:

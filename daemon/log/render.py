@@ -1,13 +1,15 @@
-"""Records as a conversation: markdown for people, plain text for an agent's prompt, JSON Lines for scripts.
+"""Records as a conversation: markdown for people, plain text for an agent's prompt, JSON Lines for scripts,
+and CSV (``export``).
 
-Shared by ``restore --print``, ``export`` and (later) ``thread``, so a
-conversation reads the same wherever it is printed.
+Shared by ``restore --print``, ``export``, ``thread`` and ``persist-launch``, so a
+conversation reads the same wherever it is printed. It formats; it never chooses records (``select`` does).
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -16,6 +18,8 @@ from persist.daemon.log.record import decode_frames, is_system
 
 TEXT_FIELDS = ("text", "content", "message", "body", "prompt", "response", "result")
 FORMATS = ("markdown", "prompt", "json")
+EXPORT_FORMATS = ("jsonl", "csv", "markdown")
+CSV_COLUMNS = ["seq", "received_at", "topic", "sender", "recipient", "thread_id", "kind", "text"]
 
 
 def payload_text(rec: dict[str, Any], line: bytes | None = None) -> str:
@@ -79,3 +83,27 @@ def lines(entries: Iterable[Entry], fmt: str) -> Iterator[str]:
     yield "Conversation so far (oldest first):"
     for e in entries:
         yield f"[{e.rec['received_at'][:19]}] {speaker(e.rec)}: {payload_text(e.rec, e.line)}"
+
+
+def export(entries: Iterable[Entry], fmt: str, out: TextIO) -> int:
+    """Write ``entries`` to ``out`` as ``jsonl`` (the lines as on disk), ``csv`` or ``markdown``; how many."""
+    n = 0
+
+    def counted() -> Iterator[Entry]:
+        nonlocal n
+        for e in entries:
+            n += 1
+            yield e
+
+    if fmt == "csv":
+        writer = csv.writer(out)
+        writer.writerow(CSV_COLUMNS)
+        for e in counted():
+            meta = e.rec.get("meta", {})
+            writer.writerow([e.seq, e.rec["received_at"], e.rec["topic"], meta.get("sender", ""),
+                             meta.get("recipient", ""), meta.get("thread_id", ""), meta.get("kind", ""),
+                             payload_text(e.rec, e.line)])
+        return n
+    for chunk in lines(counted(), "json" if fmt == "jsonl" else "markdown"):
+        out.write(chunk + "\n")
+    return n

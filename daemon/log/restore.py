@@ -26,9 +26,9 @@ from typing import Any
 import orjson
 import structlog
 
-from persist.daemon.log import checkpoints, reader, retention
+from persist.daemon.log import checkpoints, lock, reader, retention
 from persist.daemon.log.errors import RestoreError
-from persist.daemon.log.fsutil import DIR_MODE, FILE_MODE, ensure_dir, fsync_dir, write_atomically
+from persist.daemon.log.fsutil import DIR_MODE, create_new, ensure_dir, fsync_dir, write_all, write_atomically
 from persist.daemon.log.layout import ACTIVE, LogDir
 from persist.daemon.log.record import encode, is_system, system_message
 from persist.daemon.log.store import SegmentWriter, repair_tail
@@ -54,22 +54,16 @@ def check_unchanged(log: LogDir, manifest: dict[str, Any]) -> dict[str, Path]:
     return files
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def _copy_prefix(src: Path, dst: Path, nbytes: int, progress: Progress | None) -> None:
     with open(src, "rb") as fin:
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        fd = create_new(dst)
         try:
             left = nbytes
             while left:
                 chunk = fin.read(min(4 << 20, left))
                 if not chunk:
                     raise RestoreError(f"{src} ended {left} bytes early; run persist-cli verify")
-                _write_all(fd, chunk)
+                write_all(fd, chunk)
                 left -= len(chunk)
                 if progress:
                     progress(len(chunk))
@@ -157,6 +151,18 @@ def restore_in_place(log: LogDir, manifest: dict[str, Any]) -> dict[str, Any]:
     steps = plan(log, manifest)
     write_atomically(log.root / INTENT, orjson.dumps(steps))
     return carry_out(log, steps)
+
+
+def restore_held(log: LogDir, manifest: dict[str, Any], stop_daemon: bool = False) -> dict[str, Any]:
+    """``restore_in_place`` holding the log dir's lock; a daemon recording there is stopped first if
+    ``stop_daemon``, else ``lock.AlreadyRunning`` (``lock.StillRunning`` if it does not stop)."""
+    if lock.is_locked(log):
+        if not stop_daemon:
+            raise lock.AlreadyRunning(f"a daemon (pid {lock.holder_pid(log)}) is recording into {log.root}; "
+                                      "pass --stop-daemon, or use --out DIR to restore elsewhere")
+        lock.stop_holder(log)
+    with lock.held(log):
+        return restore_in_place(log, manifest)
 
 
 def finish_interrupted(log: LogDir) -> dict[str, Any] | None:

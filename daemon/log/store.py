@@ -24,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from persist.daemon.log.fsutil import FILE_MODE, ensure_dir, fsync_dir, write_atomically
+from persist.daemon.log.fsutil import FILE_MODE, ensure_dir, fsync_dir, write_all, write_atomically
 from persist.daemon.log.layout import LogDir, segment_name
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -194,10 +194,8 @@ class SegmentWriter:
 
     def append(self, data: bytes) -> None:
         """Write whole lines; on any failure cut the file back so no partial line stays."""
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(self.fd, view) :]
+            write_all(self.fd, data)
         except OSError as exc:
             os.ftruncate(self.fd, self.size)
             if exc.errno in DISK_FULL_ERRNOS:

@@ -1,0 +1,63 @@
+"""Which records a reader wants: the filters every reading command shares, a conversation up to a
+checkpoint, and the newest turns of a conversation that fit a token budget.
+
+Pure functions over records and ``reader.Entry``s; it reads the log only through ``reader``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from persist.daemon.log import reader
+from persist.daemon.log.layout import LogDir
+from persist.daemon.log.record import is_system
+
+
+def matches(rec: dict[str, Any], topic: str | tuple[str, ...] | None = None, sender: str | None = None,
+            since: str | None = None, until: str | None = None, system: bool = True,
+            thread: str | None = None) -> bool:
+    """The filters every reading command shares (``topic`` is a prefix, or any of several, like a subscription)."""
+    if not system and is_system(rec):
+        return False
+    if topic is not None and not rec.get("topic", "").startswith(topic):
+        return False
+    meta = rec.get("meta", {})
+    if sender is not None and str(meta.get("sender")) != sender:
+        return False
+    if thread is not None and str(meta.get("thread_id")) != thread:
+        return False
+    if since is not None and rec["received_at"] < since:
+        return False
+    return until is None or rec["received_at"] <= until
+
+
+def conversation_upto(log: LogDir, last_seq: int) -> Iterator[reader.Entry]:
+    """The agents' records (no ``$persist/`` ones) with seq up to ``last_seq``: what a checkpoint holds."""
+    for e in reader.records(log):
+        if e.seq > last_seq:
+            return
+        if not is_system(e.rec):
+            yield e
+
+
+def tokens(e: reader.Entry) -> int:
+    """What one record costs in a prompt: its ``meta.tokens``, else a quarter of its line's bytes."""
+    return int(e.rec.get("meta", {}).get("tokens") or len(e.line) // 4)
+
+
+def newest_fitting(entries: Iterable[reader.Entry], max_tokens: int | None) -> tuple[list[reader.Entry], int]:
+    """``(kept, left_out)``: the newest entries whose ``tokens`` fit ``max_tokens``, oldest first, and how many
+    older ones were left out. The newest entry is kept even if it alone is over; None keeps everything."""
+    entries = list(entries)
+    if not max_tokens:
+        return entries, 0
+    kept: list[reader.Entry] = []
+    used = 0
+    for e in reversed(entries):
+        cost = tokens(e)
+        if used + cost > max_tokens and kept:
+            break
+        kept.append(e)
+        used += cost
+    return kept[::-1], len(entries) - len(kept)
