@@ -1,7 +1,8 @@
 """The indexer process: keeps ``metadata_index/`` current while the daemon records.
 
-A separate process (``python -m persist.daemon.index.indexer --log-dir D``), started
-and restarted by the daemon, so that it can never block the writer nor cost a
+A separate process (``python -m persist.daemon.index.indexer --log-dir D``),
+started and restarted by the daemon (``child()``, supervised by
+``persist.daemon.supervise``), so that it can never block the writer nor cost a
 record if it crashes. It follows the JSONL (woken by watchdog, with a short poll
 as a safety net), commits at least every ``COMMIT_EVERY`` seconds so a record
 is searchable within a second of being written, and after a kill -9 resumes
@@ -13,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -26,6 +26,7 @@ from persist.daemon import index, logs
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.watch import watch
 from persist.daemon.stopping import StopOnSignal
+from persist.daemon.supervise import Child
 
 COMMIT_EVERY = 0.25
 PR_SET_PDEATHSIG = 1
@@ -71,51 +72,11 @@ def run(log_dir: LogDir, stop: StopOnSignal) -> None:
         db.close()
 
 
-class IndexerProcess:
-    """The daemon's handle on its indexer child: start it, restart it if it dies, stop it."""
-
-    def __init__(self, log_dir: LogDir) -> None:
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen | None = None
-        self.restarts = 0
-        self.next_start = 0.0
-
-    def start(self) -> None:
-        index.index_dir(self.log_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-        out = os.fdopen(os.open(index.index_dir(self.log_dir) / "indexer.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600), "ab")
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "persist.daemon.index.indexer", "--log-dir", str(self.log_dir.root),
-                 "--parent", str(os.getpid())],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, close_fds=True)
-        finally:
-            out.close()
-
-    def check(self) -> None:
-        """Restart a dead indexer, waiting longer after each failure (up to a minute)."""
-        if self.proc is None or self.proc.poll() is None:
-            return
-        if time.monotonic() < self.next_start:
-            return
-        log.warning("indexer_died", code=self.proc.returncode, restarts=self.restarts,
-                    log=str(index.index_dir(self.log_dir) / "indexer.log"))
-        self.restarts += 1
-        self.next_start = time.monotonic() + min(60, 2 ** self.restarts)
-        self.start()
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(2)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+def child(log_dir: LogDir) -> Child:
+    """The indexer as a child process the daemon supervises (``persist.daemon.supervise``)."""
+    argv = [sys.executable, "-m", "persist.daemon.index.indexer", "--log-dir", str(log_dir.root),
+            "--parent", str(os.getpid())]
+    return Child("indexer", argv, index.index_dir(log_dir) / "indexer.log")
 
 
 def die_with_parent(parent: int) -> None:
