@@ -53,6 +53,25 @@ def start_daemon(broker, log_dir):
             d.kill9()
 
 
+NOWHERE = "tcp://127.0.0.1:9"  # nothing listens there: a daemon that records nothing from a bus
+
+
+@pytest.fixture
+def lone_daemon(log_dir):
+    """Start ``persist-daemon`` with no broker (for what its start and stop do to a log dir)."""
+    started = []
+
+    def start(*args, log_dir=log_dir, env=None, wait=True):
+        d = Daemon(log_dir, "--connect", NOWHERE, *args, env=env).start(wait=wait)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.kill9()
+
+
 @pytest.fixture
 def publish(ctx, broker):
     pubs = []

@@ -1,4 +1,6 @@
-"""persist-cli as a user drives it: click's runner for quick cases, real processes and a pty for the rest."""
+"""persist-cli as a user drives it: click's runner over a log the format library wrote for the
+commands that read files; a real daemon where a command talks to one (status, doctor, recover's
+refusal, the menu's status); real processes and a pty for follow, the menu and signals."""
 
 from __future__ import annotations
 
@@ -12,30 +14,51 @@ import signal
 import subprocess
 import time
 
+import shutil
+
 import orjson
 import pytest
-from click.testing import CliRunner
 
-from persist.cli.main import cli
-from procs import BIN, read_until, run
+from libdir import Built, run_cli
+from procs import BIN, read_until, run, short_tmpdir
+
+CHAT = [(who, topic, b'{"sender":"%s","text":"line %d from %s"}' % (who.encode(), i, who.encode()))
+        for i, (who, topic) in enumerate([("claude", b"agent.chat"), ("gemini", b"agent.chat"), ("planner", b"plan")] * 4)]
+
+
+def write_chat(root, close: bool = True) -> Built:
+    built = Built(root)
+    for _, topic, body in CHAT:
+        built.send(topic, body)
+    return built.close() if close else built
+
+
+@pytest.fixture(scope="module")
+def chat_log():
+    """The short conversation, written by the format library once for every test that only reads it."""
+    root = short_tmpdir()
+    yield write_chat(root / "logs")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
 def chat(recorder):
-    """A running daemon with a short conversation recorded."""
+    """A running daemon with the short conversation recorded."""
     daemon, p = recorder()
-    for i, (who, topic) in enumerate([("claude", b"agent.chat"), ("gemini", b"agent.chat"), ("planner", b"plan")] * 4):
-        p.send(topic, b'{"sender":"%s","text":"line %d from %s"}' % (who.encode(), i, who.encode()))
+    for _, topic, body in CHAT:
+        p.send(topic, body)
     daemon.wait_records(12)
     return daemon, p
 
 
 def invoke(*args, env=None):
-    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    result = run_cli(*args, env=env)
+    result.output, result.exit_code = result.stdout, result.returncode
+    return result
 
 
-def test_recent_reads_the_tail_with_filters(chat):
-    daemon, _ = chat
+def test_recent_reads_the_tail_with_filters(chat_log):
+    daemon = chat_log
     result = invoke("recent", "-n", "3", "--topic", "agent.", "--log-dir", str(daemon.log_dir), "--json")
     recs = [orjson.loads(x) for x in result.output.splitlines()]
     assert [r["seq"] for r in recs] == sorted(r["seq"] for r in recs), "oldest first"
@@ -45,12 +68,13 @@ def test_recent_reads_the_tail_with_filters(chat):
     assert human.exit_code == 0 and len(human.output.splitlines()) == 2 and "line 11 from planner" in human.output
 
 
-def test_recent_follow_sees_a_record_written_after_it_started(chat):
-    daemon, p = chat
+def test_recent_follow_sees_a_record_written_after_it_started(workdir):
+    built = write_chat(workdir / "logs", close=False)
     proc = subprocess.Popen([BIN / "persist-cli", "recent", "-n", "0", "--follow", "--json", "--topic", "late",
-                             "--log-dir", str(daemon.log_dir)], stdout=subprocess.PIPE)
+                             "--log-dir", str(built.root)], stdout=subprocess.PIPE)
     time.sleep(1.0)
-    p.send(b"late.news", b'{"text":"written after follow started"}')
+    built.send(b"late.news", b'{"text":"written after follow started"}')
+    built.close()
     ready, _, _ = select.select([proc.stdout], [], [], 10)
     assert ready, "follow printed nothing"
     rec = orjson.loads(proc.stdout.readline())
@@ -59,8 +83,8 @@ def test_recent_follow_sees_a_record_written_after_it_started(chat):
     assert proc.wait(5) in (0, 130)
 
 
-def test_export_formats_and_time_filters(chat, workdir):
-    daemon, _ = chat
+def test_export_formats_and_time_filters(chat_log, workdir):
+    daemon = chat_log
     out = workdir / "all.jsonl"
     assert invoke("export", "--log-dir", str(daemon.log_dir), "-o", str(out)).exit_code == 0
     assert out.read_bytes().splitlines() == [e.line.rstrip(b"\n") for e in daemon.records()], "JSONL = on-disk lines"
@@ -83,9 +107,8 @@ def test_export_formats_and_time_filters(chat, workdir):
         (["restore", "nope"], ["no checkpoint 'nope'"]),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(chat, args, words):
-    daemon, _ = chat
-    result = run("persist-cli", *args, "--log-dir", str(daemon.log_dir))
+def test_bad_input_is_one_line_and_exit_2(chat_log, args, words):
+    result = run_cli(*args, "--log-dir", str(chat_log.root))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     for w in words:
@@ -93,20 +116,20 @@ def test_bad_input_is_one_line_and_exit_2(chat, args, words):
 
 
 def test_not_a_log_dir(workdir):
-    result = run("persist-cli", "recent", "--log-dir", str(workdir / "missing"))
+    result = run_cli("recent", "--log-dir", str(workdir / "missing"))
     assert result.returncode == 2 and "does not exist" in result.stderr
-    result = run("persist-cli", "status", "--log-dir", str(workdir))
+    result = run_cli("status", "--log-dir", str(workdir))
     assert result.returncode == 2 and "is not a persist log" in result.stderr
 
 
-def test_corrupt_manifest_is_reported_not_a_traceback(chat):
-    daemon, _ = chat
-    assert run("persist-cli", "checkpoints", "create", "--log-dir", str(daemon.log_dir)).returncode == 0
+def test_corrupt_manifest_is_reported_not_a_traceback(workdir):
+    daemon = write_chat(workdir / "logs")
+    assert run_cli("checkpoints", "create", "--log-dir", str(daemon.root)).returncode == 0
     (path,) = daemon.log.checkpoints.glob("*.json")
     path.write_text("{not json")
-    result = run("persist-cli", "checkpoints", "list", "--log-dir", str(daemon.log_dir))
+    result = run_cli("checkpoints", "list", "--log-dir", str(daemon.root))
     assert result.returncode == 2 and path.name in result.stderr and "Traceback" not in result.stderr
-    result = run("persist-cli", "verify", "--log-dir", str(daemon.log_dir))
+    result = run_cli("verify", "--log-dir", str(daemon.root))
     assert result.returncode == 1 and "cannot be read" in result.stdout
 
 
@@ -128,8 +151,8 @@ def test_status_and_doctor(chat, broker, workdir):
     assert stopped["running"] is False and stopped["last_checkpoint"]["reason"] == "shutdown"
 
 
-def test_stats_counts_topics_and_senders(chat):
-    daemon, _ = chat
+def test_stats_counts_topics_and_senders(chat_log):
+    daemon = chat_log
     data = json.loads(invoke("stats", "--json", "--log-dir", str(daemon.log_dir)).output)
     assert data["topics"]["agent.chat"] == 8 and data["topics"]["plan"] == 4
     assert data["senders"] == {"claude": 4, "gemini": 4, "planner": 4}
@@ -137,7 +160,7 @@ def test_stats_counts_topics_and_senders(chat):
 
 def test_menu_through_a_pseudo_terminal(chat):
     daemon, _ = chat
-    assert run("persist-cli", "checkpoints", "create", "--label", "menu-test", "--log-dir", str(daemon.log_dir)).returncode == 0
+    assert run_cli("checkpoints", "create", "--label", "menu-test", "--log-dir", str(daemon.log_dir)).returncode == 0
     pid, fd = pty.fork()
     if pid == 0:
         os.execv(str(BIN / "persist-cli"), ["persist-cli", "menu", "--log-dir", str(daemon.log_dir)])
@@ -168,7 +191,7 @@ def test_menu_through_a_pseudo_terminal(chat):
 
 
 def test_bare_persist_cli_without_a_terminal_prints_help():
-    result = run("persist-cli")
+    result = run_cli()
     assert result.returncode == 0 and "Commands:" in result.stdout
 
 

@@ -1,8 +1,12 @@
-"""Search, threads and replay against a real daemon, a real broker and a real SQLite index."""
+"""Search, threads and replay: over a log dir the format library wrote, searched in-process
+(click's CliRunner); against a real daemon, broker and indexer where only they show it (a word
+searchable within a second, the indexer killed or outliving a daemon, a rebuild under a
+running indexer); replay pacing as a real process into a real socket."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -14,12 +18,9 @@ import orjson
 import pytest
 import zmq
 
+from libdir import Built, cli
 from persist.daemon import index
-from procs import BIN, eventually, process_gone, run, wait_for
-
-
-def cli(log_dir, *args, **kw):
-    return run("persist-cli", *args, "--log-dir", str(log_dir), **kw)
+from procs import BIN, eventually, process_gone, short_tmpdir, wait_for
 
 
 def hits(log_dir, *args):
@@ -50,28 +51,51 @@ def wait_indexed(log_dir, query, n=None, timeout=20.0):
     assert ok, f"{query!r} has {hit_count(log_dir, query)} hits after {timeout:.0f} s, expected {n}"
 
 
+TALK = [
+    (b"agent.chat", {"sender": "claude", "recipient": "gemini", "thread_id": "fix-42", "kind": "request",
+                     "text": "Please review the retry loop in flush(); it spins when the socket closes"}),
+    (b"agent.review", {"sender": "gemini", "recipient": "claude", "thread_id": "fix-42", "kind": "critique",
+                       "text": "The backoff is unbounded. Cap it at thirty seconds."}),
+    (b"tools.grep", {"sender": "tool_server", "continuation_id": "fix-42", "kind": "tool_result",
+                     "result": "store.py:88: while not sent: retry()"}),
+    (b"agent.chat", {"sender": "planner", "thread_id": "plan-7", "text": "Next: migrate the database schema"}),
+    (b"agent.chat", {"sender": "claude", "recipient": "gemini", "thread_id": "fix-42", "kind": "revision",
+                     "text": "Revised: exponential backoff capped at 30 s, with a test that kills the peer"}),
+]
+
+
+def built_talk(root, *more: list[bytes]) -> Built:
+    """The conversation above (and ``more`` messages), written by the library and indexed."""
+    built = Built(root)
+    for topic, body in TALK:
+        built.send(topic, orjson.dumps(body))
+    for frames in more:
+        built.send(*frames)
+    built.close()
+    assert cli(built.root, "index", "rebuild").returncode == 0
+    return built
+
+
+@pytest.fixture(scope="module")
+def talk():
+    """One log for every test that only reads it (search, thread, threads, replay)."""
+    root = short_tmpdir()
+    yield built_talk(root / "logs")
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
-def talk(recorder):
+def talk_live(recorder):
+    """The same conversation recorded by a real daemon, whose indexer keeps the index current."""
     daemon, p = recorder()
-    msgs = [
-        (b"agent.chat", {"sender": "claude", "recipient": "gemini", "thread_id": "fix-42", "kind": "request",
-                         "text": "Please review the retry loop in flush(); it spins when the socket closes"}),
-        (b"agent.review", {"sender": "gemini", "recipient": "claude", "thread_id": "fix-42", "kind": "critique",
-                           "text": "The backoff is unbounded. Cap it at thirty seconds."}),
-        (b"tools.grep", {"sender": "tool_server", "continuation_id": "fix-42", "kind": "tool_result",
-                         "result": "store.py:88: while not sent: retry()"}),
-        (b"agent.chat", {"sender": "planner", "thread_id": "plan-7", "text": "Next: migrate the database schema"}),
-        (b"agent.chat", {"sender": "claude", "recipient": "gemini", "thread_id": "fix-42", "kind": "revision",
-                         "text": "Revised: exponential backoff capped at 30 s, with a test that kills the peer"}),
-    ]
-    for topic, body in msgs:
+    for topic, body in TALK:
         p.send(topic, orjson.dumps(body))
-    daemon.wait_records(len(msgs))
+    daemon.wait_records(len(TALK))
     return daemon, p
 
 
-def test_a_word_published_a_second_ago_is_found(talk):
-    daemon, p = talk
+def test_a_word_published_a_second_ago_is_found(talk_live):
+    daemon, p = talk_live
     p.send(b"agent.chat", b'{"sender":"claude","text":"the word is xylophone"}')
     t0 = time.monotonic()
     found = eventually(lambda: indexed(daemon.log_dir, "xylophone"), timeout=10, interval=0.05)
@@ -82,41 +106,38 @@ def test_a_word_published_a_second_ago_is_found(talk):
 
 
 def test_ranking_phrases_prefixes_and_filters(talk):
-    daemon, _ = talk
-    wait_indexed(daemon.log_dir, "backoff", 2)
-    assert {h["meta"]["sender"] for h in hits(daemon.log_dir, "backoff")} == {"gemini", "claude"}
-    assert [h["meta"]["sender"] for h in hits(daemon.log_dir, '"retry loop"')] == ["claude"]
-    assert len(hits(daemon.log_dir, "migrat*")) == 1
-    assert len(hits(daemon.log_dir, "backoff NOT thirty")) == 1
-    assert len(hits(daemon.log_dir, "retry OR schema")) == 3
-    assert [h["meta"]["kind"] for h in hits(daemon.log_dir, "backoff", "--sender", "claude")] == ["revision"]
-    assert hits(daemon.log_dir, "backoff", "--topic", "agent.review", "--kind", "critique")[0]["meta"]["sender"] == "gemini"
-    assert hits(daemon.log_dir, "backoff", "--thread", "plan-7") == []
-    assert hits(daemon.log_dir, "backoff", "--since", "2999-01-01") == []
-    assert len(hits(daemon.log_dir, "backoff", "--until", "now", "--limit", "1")) == 1
-    human = cli(daemon.log_dir, "search", "backoff")
+    wait_indexed(talk.root, "backoff", 2)
+    assert {h["meta"]["sender"] for h in hits(talk.root, "backoff")} == {"gemini", "claude"}
+    assert [h["meta"]["sender"] for h in hits(talk.root, '"retry loop"')] == ["claude"]
+    assert len(hits(talk.root, "migrat*")) == 1
+    assert len(hits(talk.root, "backoff NOT thirty")) == 1
+    assert len(hits(talk.root, "retry OR schema")) == 3
+    assert [h["meta"]["kind"] for h in hits(talk.root, "backoff", "--sender", "claude")] == ["revision"]
+    assert hits(talk.root, "backoff", "--topic", "agent.review", "--kind", "critique")[0]["meta"]["sender"] == "gemini"
+    assert hits(talk.root, "backoff", "--thread", "plan-7") == []
+    assert hits(talk.root, "backoff", "--since", "2999-01-01") == []
+    assert len(hits(talk.root, "backoff", "--until", "now", "--limit", "1")) == 1
+    human = cli(talk.root, "search", "backoff")
     assert "gemini" in human.stdout and "Cap it at thirty" in human.stdout
 
 
 def test_json_hits_are_the_records_exactly(talk):
-    daemon, _ = talk
-    wait_indexed(daemon.log_dir, "schema")
-    result = cli(daemon.log_dir, "search", "schema", "--json")
+    wait_indexed(talk.root, "schema")
+    result = cli(talk.root, "search", "schema", "--json")
     (line,) = result.stdout.encode().splitlines(keepends=True)
-    assert line in [e.line for e in daemon.records()]
+    assert line in [e.line for e in talk.records()]
 
 
 def test_thread_in_order_across_topics_and_tools(talk):
-    daemon, _ = talk
-    wait_indexed(daemon.log_dir, "backoff", 2)
-    recs = [orjson.loads(x) for x in cli(daemon.log_dir, "thread", "fix-42", "--format", "json").stdout.splitlines()]
+    wait_indexed(talk.root, "backoff", 2)
+    recs = [orjson.loads(x) for x in cli(talk.root, "thread", "fix-42", "--format", "json").stdout.splitlines()]
     assert [r["topic"] for r in recs] == ["agent.chat", "agent.review", "tools.grep", "agent.chat"]
     assert [r["seq"] for r in recs] == sorted(r["seq"] for r in recs)
-    prompt = cli(daemon.log_dir, "thread", "fix-42", "--format", "prompt").stdout
+    prompt = cli(talk.root, "thread", "fix-42", "--format", "prompt").stdout
     assert "tool_server: store.py:88" in prompt and "planner" not in prompt
-    cut = cli(daemon.log_dir, "thread", "fix-42", "--max-tokens", "40", "--format", "prompt").stdout
+    cut = cli(talk.root, "thread", "fix-42", "--max-tokens", "40", "--format", "prompt").stdout
     assert "left out" in cut and "Revised" in cut and "Please review" not in cut
-    listing = [orjson.loads(x) for x in cli(daemon.log_dir, "threads", "--json").stdout.splitlines()]
+    listing = [orjson.loads(x) for x in cli(talk.root, "threads", "--json").stdout.splitlines()]
     fix = next(t for t in listing if t["thread_id"] == "fix-42")
     assert fix["turns"] == 4 and fix["participants"] == ["claude", "gemini", "tool_server"]
 
@@ -132,28 +153,26 @@ def test_thread_in_order_across_topics_and_tools(talk):
     ],
 )
 def test_bad_input_is_one_line(talk, args, code, words):
-    daemon, _ = talk
-    wait_indexed(daemon.log_dir, "backoff")
-    result = cli(daemon.log_dir, *args)
+    wait_indexed(talk.root, "backoff")
+    result = cli(talk.root, *args)
     assert result.returncode == code, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     for w in words:
         assert w in result.stderr
 
 
-def test_missing_index_says_to_rebuild_and_rebuild_works(talk):
-    daemon, _ = talk
-    daemon.stop()
-    for p in index.index_dir(daemon.log).glob("index.sqlite*"):
+def test_missing_index_says_to_rebuild_and_rebuild_works(workdir):
+    log = built_talk(workdir / "logs").log
+    for p in index.index_dir(log).glob("index.sqlite*"):
         p.unlink()
-    result = cli(daemon.log_dir, "search", "backoff")
+    result = cli(log.root, "search", "backoff")
     assert result.returncode == 1 and "index rebuild" in result.stderr
-    assert cli(daemon.log_dir, "index", "rebuild").returncode == 0
-    assert len(hits(daemon.log_dir, "backoff")) == 2
+    assert cli(log.root, "index", "rebuild").returncode == 0
+    assert len(hits(log.root, "backoff")) == 2
 
 
-def test_index_rebuild_while_the_daemon_records(talk):
-    daemon, p = talk
+def test_index_rebuild_while_the_daemon_records(talk_live):
+    daemon, p = talk_live
     wait_indexed(daemon.log_dir, "backoff")
     assert cli(daemon.log_dir, "index", "rebuild").returncode == 0
     p.send(b"agent.chat", b'{"text":"after the rebuild: quokka"}')
@@ -192,27 +211,41 @@ def test_indexer_killed_mid_way_resumes_without_duplicates(recorder):
     assert partial < n, "the kill really was mid-way"
 
 
-def test_replay_as_fast_yields_exactly_the_published_frames(talk, ctx, broker):
-    daemon, p = talk
-    odd = [[b"agent.bin", b"\xff\x00\xfe"], [b"agent.multi", b'{"a":1}', b"extra", b"\x00"], [b"solo frame"],
-           [b"agent.pretty", b'{\n "x": 2\n}\n']]
-    for frames in odd:
-        p.send(*frames)
-    daemon.wait_records(9)
-    expected = [e.frames() for e in daemon.records() if not e.rec["topic"].startswith("$persist/")]
+def replay_into(ctx, log_dir, *args) -> tuple:
+    """``persist-cli replay ARGS`` (in-process) into a SUB socket of ours that a thread keeps
+    serving (a bound socket only subscribes while someone uses it); the run's result and every
+    message that arrived, including any that came after the replay ended (there must be none)."""
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     port = sub.bind_to_random_port("tcp://127.0.0.1")
-    got = []
+    got, finished = [], threading.Event()
 
     def receive():
-        while sub.poll(5000):
-            got.append(sub.recv_multipart())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if sub.poll(300):
+                got.append(sub.recv_multipart())
+            elif finished.is_set():  # the replay is over and nothing more came for 0.3 s
+                return
 
     t = threading.Thread(target=receive)
     t.start()
-    result = cli(daemon.log_dir, "replay", "--as-fast", "--to", f"tcp://127.0.0.1:{port}")
-    t.join()
+    try:
+        result = cli(log_dir, "replay", *args, "--to", f"tcp://127.0.0.1:{port}")
+    finally:
+        finished.set()
+        t.join()
+        sub.close(linger=0)
+    return result, got
+
+
+def test_replay_as_fast_yields_exactly_the_published_frames(workdir, ctx):
+    odd = [[b"agent.bin", b"\xff\x00\xfe"], [b"agent.multi", b'{"a":1}', b"extra", b"\x00"], [b"solo frame"],
+           [b"agent.pretty", b'{\n "x": 2\n}\n']]
+    built = built_talk(workdir / "logs", *odd)
+    expected = [e.frames() for e in built.records() if not e.rec["topic"].startswith("$persist/")]
+    assert expected[-4:] == odd and len(expected) == 9
+    result, got = replay_into(ctx, built.root, "--as-fast")
     assert result.returncode == 0, result.stderr
     assert got == expected, "same frames, byte for byte, in recorded order, no $persist/ records"
     assert all(not f[0].startswith(b"$persist") for f in got)
@@ -221,19 +254,10 @@ def test_replay_as_fast_yields_exactly_the_published_frames(talk, ctx, broker):
 def test_replay_selection_by_topic_and_thread(talk, ctx):
     """Which messages and in which order (the pacing itself is timed in
     test_replay_is_paced_by_the_recorded_gaps_divided_by_rate)."""
-    daemon, p = talk
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    port = sub.bind_to_random_port("tcp://127.0.0.1")
-    dry = cli(daemon.log_dir, "replay", "--dry-run", "--topic", "agent.review", "--topic", "tools.")
+    dry = cli(talk.root, "replay", "--dry-run", "--topic", "agent.review", "--topic", "tools.")
     assert [orjson.loads(x)["topic"] for x in dry.stdout.splitlines()] == ["agent.review", "tools.grep"]
-    proc = subprocess.Popen([str(BIN / "persist-cli"), "replay",
-                             "--thread", "fix-42", "--rate", "1000", "--to", f"tcp://127.0.0.1:{port}",
-                             "--log-dir", str(daemon.log_dir)], stderr=subprocess.PIPE, text=True)
-    got = []
-    while len(got) < 4 and sub.poll(10000):
-        got.append(sub.recv_multipart())
-    assert proc.wait(10) == 0
+    result, got = replay_into(ctx, talk.root, "--thread", "fix-42", "--rate", "1000")
+    assert result.returncode == 0, result.stderr
     assert [f[0] for f in got] == [b"agent.chat", b"agent.review", b"tools.grep", b"agent.chat"]
 
 
@@ -279,17 +303,17 @@ def replay_arrivals(ctx, log_dir, *args, n):
     return got
 
 
-def test_replay_is_paced_by_the_recorded_gaps_divided_by_rate(recorder, ctx):
-    daemon, p = recorder()
+def test_replay_is_paced_by_the_recorded_gaps_divided_by_rate(workdir, ctx):
+    built = Built(workdir / "logs", step=0.6)
     for i in range(5):  # recorded 0.6 s apart
-        p.send(b"paced.chat", b'{"sender":"pacer","i":%d}' % i)
-        time.sleep(0.6)
-    recs = daemon.wait_records(5)
+        built.send(b"paced.chat", b'{"sender":"pacer","i":%d}' % i)
+    built.close()
+    recs = built.user_records()
     t = [datetime.fromisoformat(e.rec["received_at"].replace("Z", "+00:00")).timestamp() for e in recs]
     recorded = [b - t[0] for b in t]  # offsets from the first record, as recorded
     assert recorded[-1] > 2.0, f"the records really are spread out: {recorded}"
 
-    paced = replay_arrivals(ctx, daemon.log_dir, "--topic", "paced.", "--rate", "2", n=5)
+    paced = replay_arrivals(ctx, built.root, "--topic", "paced.", "--rate", "2", n=5)
     assert [orjson.loads(f[1])["i"] for f, _ in paced] == list(range(5))
     offsets = [a - paced[0][1] for _, a in paced]
     for k, (want, got) in enumerate(zip(recorded, offsets)):
@@ -301,6 +325,6 @@ def test_replay_is_paced_by_the_recorded_gaps_divided_by_rate(recorder, ctx):
     assert span <= want_span + 0.7, (f"--rate 2 took {span:.2f} s for what was recorded over {recorded[-1]:.2f} s "
                                      f"(expected ≈ {want_span:.2f} s): the rate was not applied")
 
-    fast = replay_arrivals(ctx, daemon.log_dir, "--topic", "paced.", "--as-fast", n=5)
+    fast = replay_arrivals(ctx, built.root, "--topic", "paced.", "--as-fast", n=5)
     fast_span = fast[-1][1] - fast[0][1]
     assert fast_span < min(0.3, span / 3), f"--as-fast took {fast_span:.2f} s, paced {span:.2f} s"
