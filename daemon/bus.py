@@ -43,6 +43,10 @@ class Bus:
             self._attach(self.sock.bind, endpoint, "bind")
             self.endpoints.append(self.sock.getsockopt_string(zmq.LAST_ENDPOINT))
         self.connected_to = set(cfg.connect)
+        now = iso_utc(time.time_ns())
+        self.state = {e: {"endpoint": e, "state": "connecting", "since": now} for e in cfg.connect}
+        self.state.update({e: {"endpoint": e, "state": "listening", "since": now} for e in self.endpoints[len(cfg.connect):]})
+        self.last_message_ns = 0
 
     def _attach(self, how, endpoint: str, verb: str) -> None:
         try:
@@ -84,9 +88,11 @@ class Bus:
                     frame = recv(NOBLOCK, copy=False)
                     frames.append(frame.bytes)
                 batch.append(frames)
-                nbytes += sum(map(len, frames)) if len(frames) > 2 else len(frames[-1]) + len(frames[0])
+                nbytes += sum(map(len, frames))
         except zmq.Again:
             pass
+        if batch:
+            self.last_message_ns = time.time_ns()
         return batch, nbytes
 
     def discard(self, deadline: float) -> dict[str, Any]:
@@ -119,8 +125,16 @@ class Bus:
             event = recv_monitor_message(self.monitor)
             endpoint = event["endpoint"].decode(errors="replace")
             if endpoint in self.connected_to:
-                found.append(("connected" if event["event"] == zmq.EVENT_CONNECTED else "disconnected", endpoint))
+                what = "connected" if event["event"] == zmq.EVENT_CONNECTED else "disconnected"
+                self.state[endpoint] = {"endpoint": endpoint, "state": what, "since": iso_utc(time.time_ns())}
+                found.append((what, endpoint))
         return found
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each endpoint: ``connecting``, ``connected``, ``disconnected`` or ``listening``, since when;
+        and when the last message arrived (from any of them)."""
+        last = iso_utc(self.last_message_ns) if self.last_message_ns else None
+        return [{**state, "last_message_at": last} for state in self.state.values()]
 
     def close(self) -> None:
         self.sock.disable_monitor()

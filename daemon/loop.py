@@ -220,6 +220,7 @@ class Recorder:
             **self.journal.status(),
             "rate": round(self.msg_rate(), 1),
             "endpoints": self.bus.endpoints,
+            "bus": self.bus.status(),
             "subscribe": self.bus.subscriptions,
             "launched": self.launched,
             "indexer_pid": self.indexer.pid,

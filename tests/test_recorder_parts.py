@@ -100,3 +100,15 @@ def test_a_hostile_presence_file_is_ignored(tmp_path):
         assert [c.event for c in changes] == ["joined"] and changes[0].info["agent"] == "x"
     finally:
         presence.close()
+
+
+def test_status_says_how_each_endpoint_is_and_when_the_last_message_came(start_daemon, broker, publish):
+    daemon = start_daemon()
+    (endpoint,) = eventually(lambda: [b for b in daemon.try_status().get("bus", []) if b["state"] == "connected"])
+    assert endpoint["endpoint"] == broker.backend and endpoint["since"] and endpoint["last_message_at"] is None
+    publish().join(daemon)
+    assert daemon.status()["bus"][0]["last_message_at"] is not None
+    broker.kill()
+    (down,) = eventually(lambda: [b for b in daemon.try_status().get("bus", []) if b["state"] == "disconnected"])
+    assert down["since"] >= endpoint["since"]
+    assert daemon.stop() == 0
