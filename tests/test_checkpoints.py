@@ -1,41 +1,90 @@
-"""Checkpoints and restore, against a real daemon with a 1-second checkpoint interval."""
+"""Checkpoints and restore. What a real daemon checkpointed (every second) is recorded once per
+module and read by every test that only reads it (a private copy for those that edit it); the
+timer, SIGUSR1, shutdown, in-place restore and the running hasher are each watched on a daemon
+of their own; a closed segment is cut by the format library."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
 
 import orjson
 import pytest
+import zmq
 
+from libdir import Built, cli, copy_log
 from persist.daemon.log import checkpoints as cps
 from persist.daemon.log import reader
 from persist.daemon.log.layout import LogDir
-from procs import run, wait_for
-
-
-def cli(log_dir, *args, **kw):
-    return run("persist-cli", *args, "--log-dir", str(log_dir), **kw)
+from procs import Broker, Daemon, Publisher, short_tmpdir, wait_for
 
 
 def manifests(log_dir):
     return cps.listing(LogDir(log_dir))
 
 
-@pytest.fixture
-def recorded(recorder):
-    """A daemon checkpointing every second, with 30 messages in three bursts."""
-    daemon, p = recorder(None, "--checkpoint-interval", "1")
+def three_bursts(daemon, p, checkpoint) -> None:
+    """30 messages in three bursts, each followed by a checkpoint (``checkpoint(n)``: until one more than n)."""
     for burst in range(3):
         for i in range(10):
             p.send(b"agent.chat", b'{"sender":"a%d","text":"burst %d msg %d"}' % (burst, burst, i))
         daemon.wait_records(10 * (burst + 1))
-        n = len(manifests(daemon.log_dir))
-        wait_for(lambda: len(manifests(daemon.log_dir)) > n, what="a timer checkpoint")
+        checkpoint(len(manifests(daemon.log_dir)))
+
+
+@pytest.fixture
+def recorded(recorder):
+    """A daemon checkpointing every second, with 30 messages in three bursts, each followed by a timer checkpoint."""
+    daemon, p = recorder(None, "--checkpoint-interval", "1")
+    three_bursts(daemon, p, lambda n: wait_for(lambda: len(manifests(daemon.log_dir)) > n, what="a timer checkpoint"))
     return daemon, p
+
+
+@pytest.fixture
+def signalled(recorder):
+    """A recording daemon, 30 messages in three bursts, each followed by a SIGUSR1 checkpoint (no timer waits)."""
+    daemon, p = recorder()
+
+    def by_signal(n):
+        daemon.proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: len(manifests(daemon.log_dir)) > n, what="a SIGUSR1 checkpoint")
+
+    three_bursts(daemon, p, by_signal)
+    return daemon, p
+
+
+@pytest.fixture(scope="module")
+def session():
+    """What one real daemon recorded, checkpointing every second, then stopped (shutdown checkpoint
+    included): shared by the tests that only read it. Its own broker, context and dir."""
+    root = short_tmpdir()
+    ctx = zmq.Context()
+    broker = Broker()
+    daemon = Daemon(root / "logs", "--connect", broker.backend, "--checkpoint-interval", "1").start()
+    try:
+        p = Publisher(ctx, broker.frontend)
+        p.join(daemon)
+        three_bursts(daemon, p,
+                     lambda n: wait_for(lambda: len(manifests(daemon.log_dir)) > n, what="a timer checkpoint"))
+        p.close()
+        assert daemon.stop() == 0
+        yield daemon
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.kill9()
+        broker.kill()
+        ctx.destroy(linger=0)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def session_copy(session, workdir):
+    """A private copy of the session's log dir, for a test that edits it."""
+    return copy_log(session.log_dir, workdir / "logs")
 
 
 def test_timer_checkpoints_only_when_something_new_arrived(recorded):
@@ -46,8 +95,8 @@ def test_timer_checkpoints_only_when_something_new_arrived(recorded):
     assert {m["reason"] for m in manifests(daemon.log_dir)} == {"timer"}
 
 
-def test_signal_label_and_shutdown_checkpoints(recorded):
-    daemon, _ = recorded
+def test_signal_label_and_shutdown_checkpoints(signalled):
+    daemon, _ = signalled
     daemon.proc.send_signal(signal.SIGUSR1)
     wait_for(lambda: manifests(daemon.log_dir)[-1]["reason"] == "signal", what="SIGUSR1 checkpoint")
     result = cli(daemon.log_dir, "checkpoints", "create", "--label", "before-refactor")
@@ -60,10 +109,10 @@ def test_signal_label_and_shutdown_checkpoints(recorded):
     assert recs[-1].rec["topic"] == "$persist/stop" and last["last_seq"] == recs[-1].seq - 1
 
 
-def test_manifests_chain_and_hash_exactly_what_they_name(recorded):
-    daemon, _ = recorded
-    daemon.stop()
+def test_manifests_chain_and_hash_exactly_what_they_name(session):
+    daemon = session
     items = manifests(daemon.log_dir)
+    assert {m["reason"] for m in items} == {"timer", "shutdown"} and len(items) >= 4
     assert items[0]["prev"] is None
     for prev, m in zip(items, items[1:]):
         assert m["prev"] == prev["id"] and m["prev_chain"] == prev["chain"]
@@ -75,45 +124,46 @@ def test_manifests_chain_and_hash_exactly_what_they_name(recorded):
     assert cli(daemon.log_dir, "verify").returncode == 0
 
 
-def test_verify_catches_an_edited_byte_and_an_edited_manifest(recorded):
-    daemon, _ = recorded
-    daemon.stop()
-    data = bytearray(daemon.log.active.read_bytes())
+def test_verify_catches_an_edited_byte_and_an_edited_manifest(session_copy):
+    log = session_copy
+    assert cli(log.root, "verify").returncode == 0
+    data = bytearray(log.active.read_bytes())
     i = data.index(b"burst 0 msg 3")
     data[i] = ord("B")
-    daemon.log.active.write_bytes(bytes(data))
-    result = cli(daemon.log_dir, "verify")
+    log.active.write_bytes(bytes(data))
+    result = cli(log.root, "verify")
     assert result.returncode == 1 and "changed in its first" in result.stdout
     data[i] = ord("b")
-    daemon.log.active.write_bytes(bytes(data))
-    assert cli(daemon.log_dir, "verify").returncode == 0
+    log.active.write_bytes(bytes(data))
+    assert cli(log.root, "verify").returncode == 0
 
-    path = daemon.log.checkpoints / f"{manifests(daemon.log_dir)[0]['id']}.json"
+    path = log.checkpoints / f"{manifests(log.root)[0]['id']}.json"
     m = json.loads(path.read_text())
     m["last_seq"] += 1
     path.write_text(json.dumps(m))
-    result = cli(daemon.log_dir, "verify")
+    result = cli(log.root, "verify")
     assert result.returncode == 1 and "manifest was edited" in result.stdout
 
 
-def test_verify_catches_an_edit_in_a_closed_segment(recorder):
-    daemon, p = recorder("[storage]\nrotate_bytes = 3000\n")
+def test_verify_catches_an_edit_in_a_closed_segment(workdir):
+    built = Built(workdir / "logs")
     for i in range(40):
-        p.send(b"r", b'{"text":"%s %d"}' % (b"z" * 100, i))
-    daemon.wait_records(40)
-    time.sleep(1.2)  # a rotation check
-    assert cli(daemon.log_dir, "checkpoints", "create").returncode == 0
-    daemon.stop()
-    closed = sorted(daemon.log.segments.iterdir())[0]
-    assert cli(daemon.log_dir, "verify").returncode == 0
+        built.send(b"r", b'{"text":"%s %d"}' % (b"z" * 100, i))
+        if built.writer.size >= 3000:  # rotate_bytes = 3000
+            built.rotate()
+    built.close()
+    assert len(list(built.log.segments.iterdir())) >= 2
+    assert cli(built.root, "checkpoints", "create").returncode == 0
+    closed = sorted(built.log.segments.iterdir())[0]
+    assert cli(built.root, "verify").returncode == 0
     data = closed.read_bytes()
     closed.write_bytes(data.replace(b"zzz", b"zzZ", 1))
-    result = cli(daemon.log_dir, "verify")
+    result = cli(built.root, "verify")
     assert result.returncode == 1 and closed.name in result.stdout
 
 
-def test_restore_out_reproduces_exactly_records_up_to_the_checkpoint(recorded, workdir):
-    daemon, _ = recorded
+def test_restore_out_reproduces_exactly_records_up_to_the_checkpoint(session, workdir):
+    daemon = session
     m = manifests(daemon.log_dir)[1]
     out = workdir / "restored"
     result = cli(daemon.log_dir, "restore", m["id"], "--out", str(out))
@@ -124,8 +174,8 @@ def test_restore_out_reproduces_exactly_records_up_to_the_checkpoint(recorded, w
     assert cli(daemon.log_dir, "restore", m["id"], "--out", str(out)).returncode == 2, "target exists"
 
 
-def test_restore_in_place_refuses_while_recording_then_archives_the_rest(recorded):
-    daemon, _ = recorded
+def test_restore_in_place_refuses_while_recording_then_archives_the_rest(signalled):
+    daemon, _ = signalled
     m = manifests(daemon.log_dir)[0]
     result = cli(daemon.log_dir, "restore", m["id"])
     assert result.returncode == 1 and "--stop-daemon" in result.stderr
@@ -150,8 +200,8 @@ def test_restore_in_place_refuses_while_recording_then_archives_the_rest(recorde
     assert daemon.status()["last_seq"] >= m["last_seq"] + 2
 
 
-def test_restore_print_formats(recorded):
-    daemon, _ = recorded
+def test_restore_print_formats(session):
+    daemon = session
     m = manifests(daemon.log_dir)[0]
     prompt = cli(daemon.log_dir, "restore", m["id"], "--print", "--format", "prompt").stdout
     assert "a0: burst 0 msg 9" in prompt and "burst 1" not in prompt
@@ -162,20 +212,19 @@ def test_restore_print_formats(recorded):
     assert len(chat) == 10 and not any(orjson.loads(x)["topic"].startswith("$persist/") for x in lines)
 
 
-def test_checkpoint_without_a_daemon_and_prune_keeps_labels(recorded):
-    daemon, _ = recorded
-    daemon.stop()
-    assert cli(daemon.log_dir, "checkpoints", "create", "--label", "keepme").returncode == 0
-    assert cli(daemon.log_dir, "checkpoints", "create").returncode == 0
-    result = cli(daemon.log_dir, "checkpoints", "prune", "--keep", "1")
+def test_checkpoint_without_a_daemon_and_prune_keeps_labels(session_copy):
+    log = session_copy
+    assert cli(log.root, "checkpoints", "create", "--label", "keepme").returncode == 0
+    assert cli(log.root, "checkpoints", "create").returncode == 0
+    result = cli(log.root, "checkpoints", "prune", "--keep", "1")
     assert result.returncode == 0
-    left = manifests(daemon.log_dir)
+    left = manifests(log.root)
     assert [m.get("label") for m in left] == ["keepme", None]
-    assert cli(daemon.log_dir, "verify").returncode == 0, "pruning keeps the chain verifiable"
+    assert cli(log.root, "verify").returncode == 0, "pruning keeps the chain verifiable"
 
 
-def test_list_show_diff_and_json(recorded):
-    daemon, _ = recorded
+def test_list_show_diff_and_json(session):
+    daemon = session
     items = manifests(daemon.log_dir)
     listed = [json.loads(x) for x in cli(daemon.log_dir, "checkpoints", "list", "--json").stdout.splitlines()]
     assert [m["id"] for m in listed] == [m["id"] for m in items]
@@ -185,8 +234,8 @@ def test_list_show_diff_and_json(recorded):
     assert diff["topics"]["agent.chat"] == 20 and diff["senders"] == {"a1": 10, "a2": 10}
 
 
-def test_unknown_checkpoint_suggests_the_closest(recorded):
-    daemon, _ = recorded
+def test_unknown_checkpoint_suggests_the_closest(session):
+    daemon = session
     real = manifests(daemon.log_dir)[0]["id"]
     result = cli(daemon.log_dir, "checkpoints", "show", real[:-1] + "9x")
     assert result.returncode == 2 and f"did you mean {real}" in result.stderr
@@ -226,10 +275,10 @@ def test_hasher_is_incremental_and_exact(tmp_path):
         assert got[0] != hashlib.sha256(path.read_bytes()).hexdigest(), "the edited prefix was never re-read"
 
 
-def test_a_running_daemon_checkpoint_hashes_only_what_was_appended(recorded):
+def test_a_running_daemon_checkpoint_hashes_only_what_was_appended(signalled):
     """An in-place edit of bytes an earlier checkpoint already hashed does not show in the next
     checkpoint's hash (nothing re-read), while everything appended since is in it."""
-    daemon, p = recorded
+    daemon, p = signalled
     daemon.proc.send_signal(signal.SIGUSR1)  # a checkpoint; its bytes are hashed from here on
     wait_for(lambda: manifests(daemon.log_dir)[-1]["reason"] == "signal", what="SIGUSR1 checkpoint")
     (hashed,) = manifests(daemon.log_dir)[-1]["segments"]

@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from procs import run, wait_for
+from libdir import cli
+from procs import wait_for
 
 
 class Tmpfs:
@@ -142,7 +143,7 @@ def test_a_full_disk_outlasts_checkpoints_and_a_little_space_resumes_a_little(re
     recs = daemon.records()
     assert [e.seq for e in recs] == list(range(1, len(recs) + 1))
     assert sorted(e.rec["payload"]["i"] for e in recs if e.rec["topic"] == "full") == list(range(n)), "nothing lost"
-    verify = run("persist-cli", "verify", "--log-dir", str(daemon.log_dir))
+    verify = cli(daemon.log_dir, "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -199,6 +200,6 @@ def test_a_manifest_with_no_room_is_written_when_room_returns(recorder, workdir)
         wait_for(lambda: (daemon.log.checkpoints / f"{announced[-1]}.json").exists(),
                  what="the manifest, once an inode is free")
         assert daemon.stop() == 0
-        assert run("persist-cli", "verify", "--log-dir", str(daemon.log_dir)).returncode == 0
+        assert cli(daemon.log_dir, "verify").returncode == 0
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -14,7 +14,8 @@ import pytest
 import zmq
 
 from persist.daemon.log.record import MAX_DEPTH, decode_frames, frames_sha256, is_system
-from procs import Daemon, eventually, memory_mb, run, wait_for
+from libdir import cli
+from procs import Daemon, eventually, memory_mb, wait_for
 
 HOSTILE = [
     [b"deep.newline", b"[" * 300 + b"\n1" + b"]" * 300],  # killed the daemon (orjson.dumps recursion)
@@ -42,8 +43,6 @@ def lines_parse_and_serialise(log) -> None:
             orjson.dumps(orjson.loads(line))  # neither raises: every reader can take every line
 
 
-def cli(log_dir, *args):
-    return run("persist-cli", *args, "--log-dir", str(log_dir))
 
 
 def test_no_message_stops_the_recorder_or_breaks_a_reader(recorder):

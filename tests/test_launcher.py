@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from libdir import run_cli
 from persist.agent.launcher import DaemonStartError, ensure_daemon
 from persist.daemon.log import lock, reader
 from persist.daemon.log.layout import LogDir
@@ -250,7 +251,7 @@ def test_persist_launch_menu_hands_the_chosen_checkpoint_to_the_agent(recorder, 
     daemon, p = recorder()
     p.send(b"agent.chat", b'{"sender":"claude","text":"remember the blue door"}')
     daemon.wait_records(1)
-    assert run("persist-cli", "checkpoints", "create", "--label", "door", "--log-dir", str(log_dir)).returncode == 0
+    assert run_cli("checkpoints", "create", "--label", "door", "--log-dir", str(log_dir)).returncode == 0
     agent = "import os; print('CONTEXT:', open(os.environ['PERSIST_RESTORED_CONTEXT']).read())"
     pid, fd = pty.fork()
     if pid == 0:

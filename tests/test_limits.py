@@ -7,6 +7,7 @@ import signal
 import pytest
 from test_config import one_line_error
 
+from libdir import run_cli
 from persist.daemon.log.layout import LogDir
 from procs import run, wait_for
 
@@ -45,7 +46,7 @@ def test_a_config_file_that_is_not_utf8_is_named(workdir):
     cfg = workdir / "latin1.toml"
     cfg.write_bytes(b'[daemon]\nlog_dir = "caf\xe9"\n')
     one_line_error(run("persist-daemon", "--config", str(cfg), "--check-config"), 2, str(cfg), "UTF-8")
-    one_line_error(run("persist-cli", "status", "--config", str(cfg)), 2, str(cfg), "UTF-8")
+    one_line_error(run_cli("status", "--config", str(cfg)), 2, str(cfg), "UTF-8")
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def test_out_of_range_cli_flags(small_log, workdir, args, words):
     existing = workdir / "a-file"
     existing.write_text("keep me\n")
     args = [a.replace("{file}", str(existing)) for a in args]
-    one_line_error(run("persist-cli", *args, "--log-dir", str(small_log.root)), 2, *words)
+    one_line_error(run_cli(*args, "--log-dir", str(small_log.root)), 2, *words)
     assert existing.read_text() == "keep me\n"
 
 

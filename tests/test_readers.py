@@ -1,4 +1,5 @@
-"""Readers against rotation and hostile records: real daemons, real files, real persist-cli processes."""
+"""Readers against rotation and hostile records: real daemons and real persist-cli processes for the
+rotation race and what comes off the bus; persist-cli in-process over logs written by hand for the rest."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from persist.daemon.log import reader
 from persist.daemon.log.follow import follow
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.record import frames_sha256
+from libdir import cli
 from procs import run, wait_for
 
 
-def cli(log_dir, *args, **kw):
+def cli_process(log_dir, *args, **kw):
+    """``persist-cli`` as a process of its own (readers racing the daemon from outside)."""
     return run("persist-cli", *args, "--log-dir", str(log_dir), **kw)
 
 
@@ -70,13 +73,13 @@ def test_export_and_search_never_skip_or_misplace_a_record_while_segments_rotate
 
     def exporter():
         while not stop.is_set():
-            result = cli(daemon.log_dir, "export", "--format", "jsonl")
+            result = cli_process(daemon.log_dir, "export", "--format", "jsonl")
             assert result.returncode == 0, result.stderr
             exports.append(result.stdout.encode())
 
     def searcher():
         while not stop.is_set():
-            result = cli(daemon.log_dir, "search", "token", "--json", "--limit", "50")
+            result = cli_process(daemon.log_dir, "search", "token", "--json", "--limit", "50")
             if result.returncode == 0:
                 hits.extend(result.stdout.encode().splitlines(keepends=True))
 

@@ -12,13 +12,9 @@ import orjson
 import pytest
 from test_readers import make_line, written_log
 
+from libdir import cli
 from persist.daemon.log import checkpoints, reader, restore
 from persist.daemon.log.layout import LogDir
-from procs import run
-
-
-def cli(log_dir, *args, **kw):
-    return run("persist-cli", *args, "--log-dir", str(log_dir), **kw)
 
 
 def lines(n: range) -> list[bytes]:
@@ -92,14 +88,14 @@ CRASHING_RESTORE = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("kill_at", range(1, 17))
-def test_a_restore_killed_at_any_step_is_finished_by_the_next_start(forked, kill_at, start_daemon):
+def test_a_restore_killed_at_any_step_is_finished_by_the_next_start(forked, kill_at, lone_daemon):
     log = forked
     before = {e.seq: e.line for e in reader.records(log)}
     proc = subprocess.run([sys.executable, "-c", CRASHING_RESTORE, str(kill_at), "restore", "A", "--log-dir", str(log.root)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode in (0, -9), proc.stderr
     if kill_at % 2:
-        daemon = start_daemon(log_dir=log.root)  # the daemon's start finishes it
+        daemon = lone_daemon(log_dir=log.root)  # the daemon's start finishes it
         assert daemon.stop() == 0
     else:
         result = cli(log.root, "recover")
@@ -135,9 +131,9 @@ def test_restore_out_survives_short_writes(forked, workdir, monkeypatch):
     assert result.returncode == 2 and str(a_file) in result.stderr and "Traceback" not in result.stderr
 
 
-def test_an_unreadable_manifest_does_not_stop_the_daemon_and_verify_names_it(forked, start_daemon):
+def test_an_unreadable_manifest_does_not_stop_the_daemon_and_verify_names_it(forked, lone_daemon):
     (forked.checkpoints / "garbage.json").write_bytes(b"\x00\x01 not a manifest")
-    daemon = start_daemon(log_dir=forked.root)
+    daemon = lone_daemon(log_dir=forked.root)
     assert daemon.ping()
     assert "checkpoint_skipped" in daemon.errors()
     assert daemon.stop() == 0

@@ -12,11 +12,10 @@ import pytest
 
 from persist.daemon.log import reader, retention
 from persist.daemon.log.layout import LogDir
+from libdir import cli
 from procs import run, wait_for
 
 
-def cli(log_dir, *args: str):
-    return run("persist-cli", *args, "--log-dir", str(log_dir))
 
 
 @pytest.mark.parametrize(("text", "age", "size"), [

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from libdir import run_cli
 from persist.agent.launcher import ensure_daemon
 from persist.daemon.log import lock
 from persist.daemon.log.layout import LogDir
@@ -127,7 +128,7 @@ def test_cli_commands_that_write_refuse_a_planted_symlink(workdir):
     target = workdir / "precious"
     target.write_text("do not touch\n")
     log.lock_file.symlink_to(target)
-    result = run("persist-cli", "recover", "--log-dir", str(log.root))
+    result = run_cli("recover", "--log-dir", str(log.root))
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert str(log.lock_file) in result.stderr and "symbolic link" in result.stderr
     assert target.read_text() == "do not touch\n"
@@ -141,7 +142,7 @@ def test_readers_never_follow_a_planted_segment_link(workdir, command):
     outside = workdir / "outside.jsonl"
     outside.write_text('{"v":1,"seq":1,"topic":"t","meta":{"bytes":2},"payload":{"secret":"of another user"}}\n')
     (log.segments / "seg-0000000000000001.jsonl").symlink_to(outside)
-    result = run("persist-cli", *command, "--log-dir", str(log.root))
+    result = run_cli(*command, "--log-dir", str(log.root))
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "symbolic link" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "another user" not in result.stdout
