@@ -20,7 +20,7 @@ import click
 import orjson
 
 from persist.daemon import config
-from persist.daemon.log import times
+from persist.daemon.log import stats, times
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.render import payload_text, speaker
 
@@ -48,7 +48,7 @@ def with_log_dir(func: Callable) -> Callable:
     @functools.wraps(func)
     def wrapper(*args, log_dir: str | None, config_path: str | None, **kwargs):
         try:
-            cfg = config.load(config_path, {"daemon": {"log_dir": log_dir} if log_dir else {}})
+            cfg = config.load(config_path, config.flags(log_dir))
         except config.ConfigError as exc:
             raise UsageError(str(exc)) from None
         return func(*args, cfg=cfg, log=LogDir(cfg.log_dir), **kwargs)
@@ -70,13 +70,9 @@ def require_log(log: LogDir) -> LogDir:
 
 def daemon_status(log: LogDir) -> dict[str, Any] | None:
     """The running daemon's status through its control socket, or None."""
-    from persist.daemon.control import ControlError, ask  # pyzmq only where a daemon is asked
+    from persist.daemon.control import answer  # pyzmq only where a daemon is asked
 
-    try:
-        reply = ask(log.control_endpoint, "status", timeout_ms=1500)
-    except ControlError:
-        return None
-    return reply if reply.get("ok") else None
+    return answer(log.control_endpoint, "status", timeout_ms=1500)
 
 
 # --- output ------------------------------------------------------------------
@@ -137,6 +133,11 @@ def progress(length: int, label: str) -> Iterator[Any]:
     finally:
         if quiet is not None:
             quiet.close()
+
+
+def log_progress(log: LogDir, label: str):
+    """``progress`` over every byte of the log (``verify``, ``index rebuild``)."""
+    return progress(stats.log_bytes(log), label)
 
 
 def size(n: float) -> str:

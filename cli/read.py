@@ -14,7 +14,7 @@ from persist.cli.common import (
     json_option,
     one_line,
     parse_when,
-    progress,
+    log_progress,
     require_log,
     style,
     with_log_dir,
@@ -22,7 +22,6 @@ from persist.cli.common import (
 from persist.daemon.log import lock, reader, render, restore
 from persist.daemon.log.fsutil import create_new
 from persist.daemon.log.select import matches
-from persist.daemon.log.stats import log_bytes
 from persist.daemon.log.store import repair_tail
 
 topic_option = click.option("--topic", help="Only topics starting with this prefix.")
@@ -107,7 +106,7 @@ def verify_cmd(cfg, log) -> None:
     from persist.daemon.log.verify import verify
 
     require_log(log)
-    with progress(log_bytes(log), "verifying") as bar:
+    with log_progress(log, "verifying") as bar:
         problems, records = verify(log, bar.update)
     for p in problems:
         click.echo(style("✗ ", fg="red") + p)
@@ -129,9 +128,7 @@ def recover(cfg, log) -> None:
     with lock.held(log):
         finished = restore.finish_interrupted(log)
         repaired = repair_tail(log.active, log.recovery)
-        db = index.connect(index.index_path(log))
-        indexed = index.catch_up(log, db)
-        db.close()
+        indexed = index.update(log)
     if finished is not None:
         click.echo(f"finished the interrupted restore of checkpoint {finished['checkpoint']} "
                    f"(set aside in {log.root / finished['archived_to']})")

@@ -10,7 +10,7 @@ import zmq
 from persist.cli.common import Failure, UsageError, json_lines, parse_when, progress, require_log, with_log_dir
 from persist.daemon.config import ENDPOINT
 from persist.daemon.log import checkpoints
-from persist.daemon.replay import NoSubscriber, Selection, announced, open_socket, send, wait_for_subscriber
+from persist.daemon.replay import ReplayError, Selection, announced, ready_socket, send
 
 
 @click.command()
@@ -48,11 +48,8 @@ def replay(cfg, log, checkpoint_id, since, until, topics, sender, thread_id, end
     ctx = zmq.Context()
     try:
         try:
-            sock = open_socket(ctx, endpoint, bind)
-            wait_for_subscriber(sock, endpoint, wait)
-        except zmq.ZMQError as exc:
-            raise Failure(f"cannot {'bind' if bind else 'connect to'} {endpoint}: {exc.strerror}") from None
-        except NoSubscriber as exc:
+            sock = ready_socket(ctx, endpoint, bind, wait)
+        except ReplayError as exc:
             raise Failure(str(exc)) from None
         with progress(total, f"replaying to {endpoint}") as bar:
             try:

@@ -14,7 +14,7 @@ from persist.cli.common import (
     json_option,
     listing,
     parse_when,
-    progress,
+    log_progress,
     require_log,
     style,
     with_log_dir,
@@ -24,7 +24,6 @@ from persist.daemon.index.search import HIGHLIGHT, Filters, close_threads, searc
 from persist.daemon.log import render
 from persist.daemon.log.errors import SearchIndexError
 from persist.daemon.log.select import newest_fitting
-from persist.daemon.log.stats import log_bytes
 
 
 def open_index(log):
@@ -123,7 +122,7 @@ def index_group() -> None:
 def rebuild(cfg, log) -> None:
     """Rebuild the search index from the JSONL (pausing a running daemon's indexer meanwhile)."""
     require_log(log)
-    with progress(log_bytes(log), "indexing") as bar:
+    with log_progress(log, "indexing") as bar:
         count = index.rebuild(log, lambda done: bar.update(done - bar.pos))
         bar.update(bar.length - bar.pos)
     click.echo(f"indexed {count} records into {index.index_path(log)}")

@@ -90,7 +90,7 @@ def doctor(config_path, log_dir) -> None:
     """Check config, log dir, permissions, disk space, daemon and broker; one line each."""
     checks: list[tuple[str, bool, str]] = []
     try:
-        cfg = config.load(config_path, {"daemon": {"log_dir": log_dir} if log_dir else {}})
+        cfg = config.load(config_path, config.flags(log_dir))
         checks.append(("config", True, f"valid ({cfg.source or 'defaults'})"))
     except config.ConfigError as exc:
         checks.append(("config", False, f"{exc} — fix it, then persist-daemon --check-config"))

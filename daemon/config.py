@@ -229,6 +229,17 @@ def _from_env() -> dict[str, dict[str, Any]]:
     return found
 
 
+def flags(log_dir: str | os.PathLike | None = None, connect: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The ``overrides`` for ``load`` from a ``--log-dir`` and ``--connect`` given on a command line (or to
+    ``ensure_daemon``); what was not given is left to the file and the environment."""
+    daemon: dict[str, Any] = {}
+    if log_dir is not None and str(log_dir) != "":
+        daemon["log_dir"] = str(log_dir)
+    if connect:
+        daemon["connect"] = list(connect)
+    return {"daemon": daemon}
+
+
 def load(explicit: str | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
     """Build the config from file, environment and flag ``overrides``."""
     cfg = Config()

@@ -132,3 +132,12 @@ def ask(endpoint: str, request: str, timeout_ms: int = 2000) -> dict[str, Any]:
         return orjson.loads(sock.recv())
     finally:
         sock.close(linger=0)
+
+
+def answer(endpoint: str, request: str, timeout_ms: int = 2000) -> dict[str, Any] | None:
+    """The daemon's answer to ``request`` if one answered ``ok``; None if none answered or it said no."""
+    try:
+        reply = ask(endpoint, request, timeout_ms)
+    except ControlError:
+        return None
+    return reply if reply.get("ok") else None

@@ -25,12 +25,19 @@ from persist.daemon.log.select import matches
 from persist.daemon.log.times import epoch
 
 
-class NoSubscriber(RuntimeError):
+class ReplayError(RuntimeError):
+    """The replay cannot start: the endpoint cannot be used, or nobody listens there."""
+
+
+class NoSubscriber(ReplayError):
     """Nobody subscribed on the target endpoint within the wait."""
 
 
 @dataclass
 class Selection:
+    """What to replay: records after ``after_seq``, within ``since``..``until``, on these topics, from this
+    sender, in this thread (None: any)."""
+
     after_seq: int = 0
     since: str | None = None
     until: str | None = None
@@ -54,6 +61,16 @@ def open_socket(ctx: zmq.Context, endpoint: str, bind: bool) -> zmq.Socket:
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.LINGER, 10_000)
     (sock.bind if bind else sock.connect)(endpoint)
+    return sock
+
+
+def ready_socket(ctx: zmq.Context, endpoint: str, bind: bool, wait: float) -> zmq.Socket:
+    """An XPUB socket on ``endpoint`` that a subscriber has joined (``ReplayError`` if none within ``wait`` s)."""
+    try:
+        sock = open_socket(ctx, endpoint, bind)
+        wait_for_subscriber(sock, endpoint, wait)
+    except zmq.ZMQError as exc:
+        raise ReplayError(f"cannot {'bind' if bind else 'connect to'} {endpoint}: {exc.strerror}") from None
     return sock
 
 

@@ -17,10 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from persist.daemon import config
-from persist.daemon.control import ask
+from persist.daemon import config as config_module
+from persist.daemon.control import answer
 from persist.daemon.log import agents, lock
-from persist.daemon.log.errors import ControlError
 from persist.daemon.log.fsutil import NotOurs, open_private, read_private
 from persist.daemon.log.layout import LogDir
 
@@ -55,11 +54,7 @@ class Handle:
 
 
 def _answers(log: LogDir) -> dict | None:
-    try:
-        reply = ask(log.control_endpoint, "ping", timeout_ms=1000)
-    except ControlError:
-        return None
-    return reply if reply.get("ok") else None
+    return answer(log.control_endpoint, "ping", timeout_ms=1000)
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
@@ -100,13 +95,8 @@ def _wait_until_up(log: LogDir, proc: subprocess.Popen) -> None:
 def ensure_daemon(log_dir: str | os.PathLike | None = None, connect: str | list[str] | None = None,
                   config: str | None = None, agent: str | None = None) -> Handle:
     """Return once a daemon records ``log_dir`` (starting one if none), with this agent registered."""
-    overrides = {"daemon": {}}
-    if log_dir is not None:
-        overrides["daemon"]["log_dir"] = str(log_dir)
     endpoints = [connect] if isinstance(connect, str) else connect
-    if endpoints:
-        overrides["daemon"]["connect"] = list(endpoints)
-    cfg = _load_config(config, overrides)
+    cfg = _load_config(config, config_module.flags(log_dir, endpoints))
     log = LogDir(cfg.log_dir)
     try:
         log.create()
@@ -121,10 +111,10 @@ def ensure_daemon(log_dir: str | os.PathLike | None = None, connect: str | list[
     return Handle(log, agent_file, started, pid)
 
 
-def _load_config(path: str | None, overrides: dict) -> config.Config:
+def _load_config(path: str | None, overrides: dict) -> config_module.Config:
     try:
-        return config.load(path, overrides)
-    except config.ConfigError as exc:
+        return config_module.load(path, overrides)
+    except config_module.ConfigError as exc:
         raise DaemonStartError(f"cannot start persist-daemon: {exc}") from None
 
 

@@ -9,7 +9,7 @@ the same transaction as the rows, so an indexer killed at any moment resumes
 exactly where its last commit ended.
 
 This module owns the schema and catch-up (``connect``, ``add``,
-``catch_up``, ``open_current``, ``rebuild``); ``search`` the queries and
+``catch_up``, ``update``, ``open_current``, ``rebuild``); ``search`` the queries and
 reading hits back from the JSONL; ``lock`` who may write the index;
 ``indexer`` the process that keeps it current while the daemon records.
 """
@@ -90,17 +90,22 @@ def rebuild(log: LogDir, progress: Callable[[int], None] | None = None, timeout:
         path = index_path(log)
         for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             p.unlink(missing_ok=True)
-        db = connect(path)
         starts, total = {}, 0  # where each segment begins in the whole log
         for seg, nbytes in reader.sizes(log):
             starts[seg.name] = total
             total += nbytes
-        try:
-            return catch_up(log, db, progress and (lambda seg, off: progress(starts.get(seg, 0) + off)))
-        finally:
-            db.close()
+        return update(log, progress and (lambda seg, off: progress(starts.get(seg, 0) + off)))
     finally:
         os.close(lock_fd)
+
+
+def update(log: LogDir, progress: Callable[[str, int], None] | None = None) -> int:
+    """``catch_up`` the index at its place in ``log`` (creating it if missing); how many records were added."""
+    db = connect(index_path(log))
+    try:
+        return catch_up(log, db, progress)
+    finally:
+        db.close()
 
 
 def connect(path: Path, create: bool = True) -> sqlite3.Connection:

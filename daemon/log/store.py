@@ -24,6 +24,7 @@ from pathlib import Path
 
 import orjson
 
+from persist.daemon.log.entry import entry
 from persist.daemon.log.fsutil import FILE_MODE, ensure_dir, fsync_dir, write_all, write_atomically
 from persist.daemon.log.layout import LogDir, segment_name
 
@@ -61,14 +62,6 @@ def last_newline(fd: int, end: int) -> int:
     return 0
 
 
-def _is_whole_record(line: bytes) -> bool:
-    try:
-        rec = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(rec, dict) and isinstance(rec.get("seq"), int)
-
-
 def repair_tail(path: Path, recovery: Path) -> Repair | None:
     """Cut ``path`` back to its last whole record; move what follows to ``recovery/``.
 
@@ -84,7 +77,7 @@ def repair_tail(path: Path, recovery: Path) -> Repair | None:
         lines = 1 if good < size else 0
         while good > 0:
             start = last_newline(fd, good - 1)
-            if _is_whole_record(os.pread(fd, good - start, start)):
+            if entry(os.pread(fd, good - start, start), path) is not None:
                 break
             good, lines = start, lines + 1
         if good == size:
