@@ -2,9 +2,12 @@
 
 ``layout`` (where each file lives) · ``record`` (a message ⇄ one JSON line) ·
 ``store`` (append, commit, rotate, repair) · ``reader`` (the one read path and
-the one segment resolver, safe against rotation) · ``follow`` · ``checkpoints``
-· ``retention`` · ``restore`` · ``verify`` · ``render`` (records as text) ·
-``agents`` (presence files) · ``fsutil`` and ``lock`` (safe opens, atomic
-replace, flocks). Shared by the recorder, the indexer and every command; it
-never opens a socket.
+the one segment resolver, safe against rotation) and ``entry`` (what it hands
+out) · ``follow`` · ``select`` (filters, a conversation up to a checkpoint, a
+token budget) · ``stats`` (counts, disk use, a status summary) · ``times``
+(ISO times, ``--since`` values) · ``checkpoints`` · ``retention`` · ``restore``
+· ``verify`` · ``render`` (records as text, export) · ``agents`` (presence
+files) · ``fsutil`` and ``lock`` (safe opens, write-all, atomic replace,
+flocks). Shared by the recorder, the indexer and every command; it never
+opens a socket.
 """
