@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from itertools import islice
 
 import click
 
@@ -21,6 +20,7 @@ from persist.cli.common import (
 )
 from persist.daemon.log import lock, reader, render, restore
 from persist.daemon.log.fsutil import create_new
+from persist.daemon.log import select
 from persist.daemon.log.select import matches
 from persist.daemon.log.store import repair_tail
 
@@ -38,21 +38,10 @@ sender_option = click.option("--sender", help="Only records whose meta.sender is
 @json_option
 def recent(cfg, log, count, topic, sender, follow_, system, as_json) -> None:
     """The last N records, read from the tail (instant on a huge log)."""
-    require_log(log)
-    wanted = (e for e in reader.records_backward(log) if matches(e.rec, topic, sender, system=system))
-    last = list(islice(wanted, count))[::-1]
     emit = (lambda e: json_lines([e.line])) if as_json else (lambda e: click.echo(one_line(e.rec)))
-    for e in last:
-        emit(e)
-    if not follow_:
-        return
-    from persist.daemon.log.follow import follow
-
-    newest = reader.last_record(log)
     try:
-        for e in follow(log, newest.seq if newest else 0):
-            if matches(e.rec, topic, sender, system=system):
-                emit(e)
+        for e in select.recent(require_log(log), count, follow_, topic=topic, sender=sender, system=system):
+            emit(e)
     except KeyboardInterrupt:
         pass
 

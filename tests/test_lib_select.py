@@ -195,3 +195,19 @@ def test_epoch_of_a_record_time():
     assert times.epoch("2026-11-24T19:22:01.250000Z") == pytest.approx(NOW.timestamp() - 0.25)
     assert times.epoch("2026-11-24T19:22:01") == NOW.timestamp() - 0.5  # the log's times are UTC
     assert times.iso_utc(times.parse_iso("2026-11-24T19:22:01.5Z")) == "2026-11-24T19:22:01.500000Z"
+
+
+# --- recent -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count, kw, expected", [
+    (2, {}, ["fine", "$persist/checkpoint"]),
+    (0, {}, []),
+    (2, {"system": False}, ["how are you", "fine"]),
+    (9, {"sender": "a"}, ["hello", "fine"]),
+    (1, {"topic": "agent.other"}, ["how are you"]),
+])
+def test_recent_is_the_last_matching_records_oldest_first(chat, count, kw, expected):
+    got = [e.rec["topic"] if e.rec["topic"].startswith("$") else render.payload_text(e.rec)
+           for e in select.recent(chat, count, **kw)]
+    assert got == expected

@@ -1,5 +1,5 @@
-"""Which records a reader wants: the filters every reading command shares, a conversation up to a
-checkpoint, and the newest turns of a conversation that fit a token budget.
+"""Which records a reader wants: the filters every reading command shares, the most recent ones (and
+those that follow), a conversation up to a checkpoint, and the newest turns that fit a token budget.
 
 Pure functions over records and ``reader.Entry``s; it reads the log only through ``reader``.
 """
@@ -7,6 +7,7 @@ Pure functions over records and ``reader.Entry``s; it reads the log only through
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 from persist.daemon.log import reader
@@ -30,6 +31,21 @@ def matches(rec: dict[str, Any], topic: str | tuple[str, ...] | None = None, sen
     if since is not None and rec["received_at"] < since:
         return False
     return until is None or rec["received_at"] <= until
+
+
+def recent(log: LogDir, count: int, follow: bool = False, **filters: Any) -> Iterator[reader.Entry]:
+    """The last ``count`` records that ``matches(filters)``, oldest first, read from the tail (instant on a huge
+    log); then, with ``follow``, each new matching one as it is written, until the caller stops."""
+    wanted = (e for e in reader.records_backward(log) if matches(e.rec, **filters))
+    yield from list(islice(wanted, count))[::-1]
+    if not follow:
+        return
+    from persist.daemon.log.follow import follow as follow_log  # watchdog only where it is needed
+
+    newest = reader.last_record(log)
+    for e in follow_log(log, newest.seq if newest else 0):
+        if matches(e.rec, **filters):
+            yield e
 
 
 def conversation_upto(log: LogDir, last_seq: int) -> Iterator[reader.Entry]:
