@@ -86,9 +86,13 @@ def test_export_and_search_never_skip_or_misplace_a_record_while_segments_rotate
     threads = [threading.Thread(target=f) for f in (load, exporter, searcher)]
     for t in threads:
         t.start()
+    def raced_enough() -> bool:  # rotations under every kind of reader, several times over
+        return len(reader.closed_segments(daemon.log)) >= 6 and len(exports) >= 4 and len(hits) >= 100
+
     try:
-        deadline = time.monotonic() + 12
-        while time.monotonic() < deadline:  # the library itself, forward and backward, as fast as it goes
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and not raced_enough():
+            # the library itself, forward and backward, as fast as it goes
             forward = [e.seq for e in reader.records(daemon.log)]
             assert forward == list(range(1, len(forward) + 1))
             backward = [e.seq for e in reader.records_backward(daemon.log)]
