@@ -10,6 +10,7 @@ from persist.cli.common import (
     Failure,
     UsageError,
     ago,
+    counts,
     json_lines,
     fields,
     json_option,
@@ -97,10 +98,9 @@ def diff(cfg, log, a, b, as_json) -> None:
     if as_json:
         return json_lines([result])
     click.echo(f"{result['from']} → {result['to']}: {result['records']} records (seq {result['from_seq']}..{result['to_seq']})")
-    if result["topics"]:
-        table(["topic", "records"], sorted(result["topics"].items(), key=lambda kv: -kv[1]), right=(1,))
-    if result["senders"]:
-        table(["sender", "records"], sorted(result["senders"].items(), key=lambda kv: -kv[1]), right=(1,))
+    for name in ("topic", "sender"):
+        if result[name + "s"]:
+            counts(name, result[name + "s"])
 
 
 @group.command()

@@ -107,6 +107,12 @@ def table(headers: list[str], rows: list[list[Any]], right: Iterable[int] = ()) 
         click.echo(fmt(row))
 
 
+def counts(name: str, counted: dict[str, int], top: int | None = None) -> None:
+    """A ``name | records`` table, most first (the ``top`` first rows only, if given)."""
+    rows = sorted(counted.items(), key=lambda kv: -kv[1])
+    table([name, "records"], rows[:top], right=(1,))
+
+
 def listing(as_json: bool, items: list[Any], headers: list[str], row: Callable[[Any], list[Any]],
             right: Iterable[int] = (), empty: str | None = None) -> None:
     """``items`` as JSON Lines with ``--json``, else as a table of ``row(item)`` (or ``empty`` when there are none)."""

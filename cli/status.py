@@ -12,6 +12,7 @@ import click
 from persist.cli.common import (
     Failure,
     ago,
+    counts,
     daemon_status,
     fields,
     json_lines,
@@ -146,10 +147,10 @@ def stats_cmd(cfg, log, watch, top, as_json) -> None:
 
 def _print_stats(data: dict, top: int) -> None:
     click.echo(f"{data['records']} records; {data['rate_last_minute']:.2f} msg/s over the last minute\n")
-    table(["topic", "records"], list(data["topics"].items())[:top], right=(1,))
+    counts("topic", data["topics"], top)
     click.echo()
     if data["senders"]:
-        table(["sender", "records"], list(data["senders"].items())[:top], right=(1,))
+        counts("sender", data["senders"], top)
         click.echo()
     cps = data["checkpoints"][-top:]
     if cps:
