@@ -64,6 +64,11 @@ def index_path(log: LogDir) -> Path:
     return index_dir(log) / "index.sqlite"
 
 
+def files(path: Path) -> tuple[Path, Path, Path]:
+    """The index and the ``-wal``/``-shm`` files SQLite keeps beside it."""
+    return path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
 def open_current(log: LogDir) -> sqlite3.Connection:
     """The search index, brought up to date first when no indexer is keeping it so.
 
@@ -88,7 +93,7 @@ def rebuild(log: LogDir, progress: Callable[[int], None] | None = None, timeout:
     lock_fd = take_indexer_lock(log, timeout)
     try:
         path = index_path(log)
-        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        for p in files(path):
             p.unlink(missing_ok=True)
         starts, total = {}, 0  # where each segment begins in the whole log
         for seg, nbytes in reader.sizes(log):
@@ -126,7 +131,7 @@ def connect(path: Path, create: bool = True) -> sqlite3.Connection:
                     db.execute(fill)
     finally:
         os.umask(old_umask)
-    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+    for p in files(path):
         if p.exists() and p.stat().st_mode & 0o077:
             os.chmod(p, 0o600)
     return db
