@@ -18,9 +18,7 @@ from pathlib import Path
 import click
 
 from persist.agent.launcher import DaemonStartError, ensure_daemon
-from persist.daemon.log import render
-from persist.daemon.log.fsutil import ensure_dir, write_atomically
-from persist.daemon.log.select import conversation_upto
+from persist.daemon.log.restore import context_file
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 
@@ -38,9 +36,7 @@ def restored_context(log) -> Path | None:
         manifest = pick_checkpoint(keys, log, "Start from which checkpoint? (q: start fresh)")
     if manifest is None:
         return None
-    path = ensure_dir(log.root / "restored") / f"{manifest['id']}.txt"
-    text = "\n".join(render.lines(conversation_upto(log, manifest["last_seq"]), "prompt")) + "\n"
-    write_atomically(path, text.encode())
+    path = context_file(log, manifest)
     click.echo(f"persist-launch: context of {manifest['id']} in {path}", err=True)
     return path
 

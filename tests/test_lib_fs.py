@@ -141,3 +141,12 @@ def test_export(log, fmt):
         assert [r[3] for r in rows[1:]] == ["a", "b"] and rows[2][-1] == "line\none"
     else:
         assert text.startswith("# Conversation") and "hi, there" in text
+
+
+def test_context_file_is_the_conversation_as_a_prompt(log):
+    manifest = checkpoints.write(log, checkpoints.cut_from_files(log), checkpoints.Hasher(), "manual")
+    path = restore.context_file(log, manifest)
+    assert path == log.root / "restored" / f"{manifest['id']}.txt"
+    text = path.read_text()
+    assert text.startswith("Conversation so far (oldest first):\n") and "a: hi, there" in text
+    assert path.stat().st_mode & 0o777 == 0o600

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import structlog
 
-from persist.daemon.log import checkpoints, lock, reader, retention
+from persist.daemon.log import checkpoints, lock, reader, render, retention, select
 from persist.daemon.log.errors import RestoreError
 from persist.daemon.log.fsutil import DIR_MODE, create_new, ensure_dir, fsync_dir, write_all, write_atomically
 from persist.daemon.log.layout import ACTIVE, LogDir
@@ -243,3 +243,11 @@ def _record_once(log: LogDir, lineage: dict[str, Any]) -> int:
 
 def copy_tree_size(manifest: dict[str, Any]) -> int:
     return sum(seg["bytes"] for seg in manifest["segments"])
+
+
+def context_file(log: LogDir, manifest: dict[str, Any]) -> Path:
+    """The conversation up to ``manifest`` as an agent's prompt, in ``restored/<id>.txt`` (for ``persist-launch``)."""
+    path = ensure_dir(log.root / "restored") / f"{manifest['id']}.txt"
+    text = "\n".join(render.lines(select.conversation_upto(log, manifest["last_seq"]), "prompt")) + "\n"
+    write_atomically(path, text.encode())
+    return path
