@@ -37,14 +37,6 @@ def three_bursts(daemon, p, checkpoint) -> None:
 
 
 @pytest.fixture
-def recorded(recorder):
-    """A daemon checkpointing every second, with 30 messages in three bursts, each followed by a timer checkpoint."""
-    daemon, p = recorder(None, "--checkpoint-interval", "1")
-    three_bursts(daemon, p, lambda n: wait_for(lambda: len(manifests(daemon.log_dir)) > n, what="a timer checkpoint"))
-    return daemon, p
-
-
-@pytest.fixture
 def signalled(recorder):
     """A recording daemon, 30 messages in three bursts, each followed by a SIGUSR1 checkpoint (no timer waits)."""
     daemon, p = recorder()
@@ -70,6 +62,9 @@ def session():
         p.join(daemon)
         three_bursts(daemon, p,
                      lambda n: wait_for(lambda: len(manifests(daemon.log_dir)) > n, what="a timer checkpoint"))
+        before_quiet = manifests(daemon.log_dir)
+        time.sleep(2.5)  # more than two intervals with nothing new
+        daemon.quiet = (before_quiet, manifests(daemon.log_dir))
         p.close()
         assert daemon.stop() == 0
         yield daemon
@@ -87,12 +82,11 @@ def session_copy(session, workdir):
     return copy_log(session.log_dir, workdir / "logs")
 
 
-def test_timer_checkpoints_only_when_something_new_arrived(recorded):
-    daemon, _ = recorded
-    n = len(manifests(daemon.log_dir))
-    time.sleep(2.5)
-    assert len(manifests(daemon.log_dir)) == n, "no new records, no new checkpoint"
-    assert {m["reason"] for m in manifests(daemon.log_dir)} == {"timer"}
+def test_timer_checkpoints_only_when_something_new_arrived(session):
+    """While the session's daemon ran: a timer checkpoint after each burst, none in 2.5 s without new records."""
+    before, after = session.quiet
+    assert len(before) >= 3 and {m["reason"] for m in before} == {"timer"}
+    assert after == before, "no new records, no new checkpoint"
 
 
 def test_signal_label_and_shutdown_checkpoints(signalled):
