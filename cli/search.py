@@ -20,7 +20,7 @@ from persist.cli.common import (
     with_log_dir,
 )
 from persist.daemon import index
-from persist.daemon.index.search import HIGHLIGHT, Filters, close_threads, search, thread_rows, threads
+from persist.daemon.index.search import HIGHLIGHT, Filters, close_threads, search, thread_rows, threads, with_records
 from persist.daemon.log import render
 from persist.daemon.log.errors import SearchIndexError
 from persist.daemon.log.select import newest_fitting
@@ -59,7 +59,7 @@ def search_cmd(cfg, log, query, sender, topic, thread_id, kind, since, until, li
         hits = search(db, query, filters, limit, HIGHLIGHT if sys.stdout.isatty() else ("", ""))
     except SearchIndexError as exc:
         raise UsageError(str(exc)) from None
-    found = [(hit, e) for hit in hits for e in index.entries(log, [(hit["segment"], hit["offset"])])]
+    found = with_records(log, hits)
     if as_json:
         return json_lines(e.line for _, e in found)
     if not found:

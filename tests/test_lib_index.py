@@ -104,3 +104,16 @@ time.sleep(60)
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_hits_come_back_with_their_records_from_the_jsonl(tmp_path):
+    from persist.daemon.index.search import Filters, search, with_records
+
+    log = build(tmp_path / "logs", 20, rotate_at=10)
+    index.rebuild(log)
+    db = index.connect(index.index_path(log))
+    found = with_records(log, search(db, '"number 7" OR "number 17"', Filters(), 10, ("", "")))
+    db.close()
+    assert sorted(e.seq for _, e in found) == [7, 17]
+    for hit, e in found:
+        assert e.line == index.line_at(log, hit["segment"], hit["offset"])

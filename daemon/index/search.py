@@ -125,3 +125,8 @@ def entries(log: LogDir, rows: Iterable[tuple[str, int]]) -> Iterator[reader.Ent
         line = line_at(log, segment, offset)
         if line is not None and (e := reader.entry(line, log.segments / segment)) is not None:
             yield e  # else storage.retention deleted it since it was indexed
+
+
+def with_records(log: LogDir, hits: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], reader.Entry]]:
+    """Each hit with its record read from the JSONL; a hit whose record retention deleted since is left out."""
+    return [(hit, e) for hit in hits for e in entries(log, [(hit["segment"], hit["offset"])])]
