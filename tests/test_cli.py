@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from libdir import Built, run_cli
-from procs import BIN, read_until, run, short_tmpdir
+from procs import BIN, eventually, read_until, run, short_tmpdir
 
 CHAT = [(who, topic, b'{"sender":"%s","text":"line %d from %s"}' % (who.encode(), i, who.encode()))
         for i, (who, topic) in enumerate([("claude", b"agent.chat"), ("gemini", b"agent.chat"), ("planner", b"plan")] * 4)]
@@ -161,6 +161,8 @@ def test_stats_counts_topics_and_senders(chat_log):
 def test_menu_through_a_pseudo_terminal(chat):
     daemon, _ = chat
     assert run_cli("checkpoints", "create", "--label", "menu-test", "--log-dir", str(daemon.log_dir)).returncode == 0
+    searchable = eventually(lambda: run_cli("search", "line", "--log-dir", str(daemon.log_dir)).returncode == 0)
+    assert searchable, "the daemon's indexer never made the index the menu's search reads"
     pid, fd = pty.fork()
     if pid == 0:
         os.execv(str(BIN / "persist-cli"), ["persist-cli", "menu", "--log-dir", str(daemon.log_dir)])
