@@ -80,8 +80,7 @@ def create(cfg, log, label, as_json) -> None:
             raise Failure(f"the daemon could not write a checkpoint: {reply.get('error')}")
         manifest = cps.find(log, reply["checkpoint"]["id"])
     else:
-        with lock.held(log):  # no daemon may start while we write
-            manifest = cps.write(log, cps.cut_from_files(log), cps.Hasher(), "manual", label)
+        manifest = cps.write_now(log, label)
     if as_json:
         return json_lines([manifest])
     click.echo(f"checkpoint {manifest['id']} at seq {manifest['last_seq']}" + (f" ({label})" if label else ""))

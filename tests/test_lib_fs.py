@@ -150,3 +150,12 @@ def test_context_file_is_the_conversation_as_a_prompt(log):
     text = path.read_text()
     assert text.startswith("Conversation so far (oldest first):\n") and "a: hi, there" in text
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_write_now_is_a_manual_checkpoint_never_beside_a_daemon(log):
+    with lock.held(log):
+        with pytest.raises(lock.AlreadyRunning):
+            checkpoints.write_now(log, "x")
+    manifest = checkpoints.write_now(log, "mark")
+    assert (manifest["reason"], manifest["label"], manifest["last_seq"]) == ("manual", "mark", 2)
+    assert checkpoints.find(log, "mark")["id"] == manifest["id"] and not lock.is_locked(log)

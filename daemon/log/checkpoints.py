@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 import orjson
 import structlog
 
-from persist.daemon.log import reader, retention
+from persist.daemon.log import lock, reader, retention
 from persist.daemon.log.errors import CheckpointError
 from persist.daemon.log.fsutil import ensure_dir, fsync_dir, open_reading, write_atomically
 from persist.daemon.log.layout import LogDir
@@ -194,6 +194,13 @@ def write(log: LogDir, cut: Cut, hasher: Hasher, reason: str, label: str | None 
     manifest["chain"] = chain_of(manifest["prev_chain"], manifest)
     write_atomically(log.checkpoints / f"{manifest['id']}.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return manifest
+
+
+def write_now(log: LogDir, label: str | None = None) -> dict[str, Any]:
+    """A manual checkpoint of the files as they are, written holding the log dir's lock (no daemon records:
+    ``lock.AlreadyRunning`` if one does, and none may start meanwhile)."""
+    with lock.held(log):
+        return write(log, cut_from_files(log), Hasher(), "manual", label)
 
 
 def prune(log: LogDir, keep: int) -> list[str]:
