@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import click
@@ -89,34 +90,40 @@ def _check_endpoint(endpoint: str) -> tuple[bool, str]:
 @click.option("--log-dir", metavar="DIR", help="The log dir (env PERSIST_LOG_DIR).")
 def doctor(config_path, log_dir) -> None:
     """Check config, log dir, permissions, disk space, daemon and broker; one line each."""
-    checks: list[tuple[str, bool, str]] = []
-    try:
-        cfg = config.load(config_path, config.flags(log_dir))
-        checks.append(("config", True, f"valid ({cfg.source or 'defaults'})"))
-    except config.ConfigError as exc:
-        checks.append(("config", False, f"{exc} — fix it, then persist-daemon --check-config"))
-        cfg = config.Config()
-    log = LogDir(cfg.log_dir)
-    checks.append(("log dir", *_check_writable(log)))
-    if log.root.exists():
-        checks.append(("permissions", *_check_modes(log)))
-        free = shutil.disk_usage(log.root).free
-        checks.append(("disk space", free > 1 << 30, f"{size(free)} free"
-                       + ("" if free > 1 << 30 else " — under 1 GiB: free space or move --log-dir")))
-        live = daemon_status(log)
-        if live:
-            checks.append(("daemon", True, f"recording, pid {live['pid']}, {live['rate']:.1f} msg/s"))
-        elif lock.is_locked(log):
-            checks.append(("daemon", False, f"pid {lock.holder_pid(log)} holds the lock but does not answer — check its log"))
-        else:
-            checks.append(("daemon", False, "not running — start it: persist-daemon"))
-    for endpoint in cfg.daemon.connect:
-        checks.append(("broker", *_check_endpoint(endpoint)))
+    checks = list(_checks(config_path, log_dir))
     for name, ok, detail in checks:
         mark = style("✓", fg="green") if ok else style("✗", fg="red")
         click.echo(f"{mark} {name:<12} {detail}")
     if not all(ok for _, ok, _ in checks):
         raise Failure(f"{sum(not ok for _, ok, _ in checks)} check(s) failed")
+
+
+def _checks(config_path: str | None, log_dir: str | None) -> Iterator[tuple[str, bool, str]]:
+    """``(what, ok, detail and what to do)`` for each thing ``doctor`` looks at."""
+    try:
+        cfg = config.load(config_path, config.flags(log_dir))
+        yield "config", True, f"valid ({cfg.source or 'defaults'})"
+    except config.ConfigError as exc:
+        yield "config", False, f"{exc} — fix it, then persist-daemon --check-config"
+        cfg = config.Config()
+    log = LogDir(cfg.log_dir)
+    yield "log dir", *_check_writable(log)
+    if log.root.exists():
+        yield "permissions", *_check_modes(log)
+        free = shutil.disk_usage(log.root).free
+        yield "disk space", free > 1 << 30, f"{size(free)} free" + (
+            "" if free > 1 << 30 else " — under 1 GiB: free space or move --log-dir")
+        yield "daemon", *_check_daemon(log)
+    for endpoint in cfg.daemon.connect:
+        yield "broker", *_check_endpoint(endpoint)
+
+
+def _check_daemon(log) -> tuple[bool, str]:
+    if live := daemon_status(log):
+        return True, f"recording, pid {live['pid']}, {live['rate']:.1f} msg/s"
+    if lock.is_locked(log):
+        return False, f"pid {lock.holder_pid(log)} holds the lock but does not answer — check its log"
+    return False, "not running — start it: persist-daemon"
 
 
 @click.command("stats")
