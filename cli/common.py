@@ -2,7 +2,9 @@
 
 Commands stay a dozen lines each: they parse options, call the format
 library in ``persist.daemon`` and hand rows to ``listing`` (``--json`` or a
-table), ``table``, ``fields`` or ``json_lines``; long work shows ``progress``.
+table), ``table``, ``counts``, ``fields`` or ``json_lines``; long work shows
+``progress`` (on a terminal's stderr only). Nothing here reads or decides what
+is in a log: that is the library's.
 """
 
 from __future__ import annotations
