@@ -10,7 +10,6 @@ started, decides when the last agent has been gone for ``launcher.grace_s``.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import threading
@@ -23,7 +22,8 @@ import orjson
 import structlog
 
 from persist.daemon.log.agents import agents_dir, pid_alive
-from persist.daemon.log.fsutil import ensure_dir, open_private, read_private
+from persist.daemon.log import lock
+from persist.daemon.log.fsutil import ensure_dir, read_private
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.watch import watch
 
@@ -116,12 +116,9 @@ class AgentWatch:
         either registered before it (and is seen) or waits until this daemon is
         gone and starts a new one: no agent is ever handed a daemon that is leaving.
         """
-        fd = open_private(self.log.root / "launcher.lock", os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)  # a launcher is at work: look again next second
-            return False
+        fd = lock.try_lock_file(self.log.root / "launcher.lock")
+        if fd is None:
+            return False  # a launcher is at work: look again next second
         self.note(rescan=True)
         if self.presence.known:
             os.close(fd)

@@ -13,7 +13,6 @@ manifest written later, and at ``stop`` what could not be written is counted.
 
 from __future__ import annotations
 
-import calendar
 import errno
 import os
 import time
@@ -28,6 +27,7 @@ from persist.daemon.log import checkpoints, reader
 from persist.daemon.log.layout import LogDir, segment_name
 from persist.daemon.log.record import Message, encode, frames_sha256, iso_utc, system_message
 from persist.daemon.log.store import DISK_FULL_ERRNOS, DiskFull, Repair, SegmentWriter, repair_tail
+from persist.daemon.log.times import epoch
 from persist.daemon.replay_marks import ReplayMarks
 from persist.daemon.spool import Reserve, Spool
 
@@ -64,7 +64,7 @@ class Journal:
         last = reader.last_record(self.log)
         self.seq = last.seq if last else 0
         first = reader.first_record(self.log.active)
-        self.writer.open(first.seq if first else None, _epoch(first.rec["received_at"]) if first else None)
+        self.writer.open(first.seq if first else None, epoch(first.rec["received_at"]) if first else None)
         self.last_checkpoint = checkpoints.latest(self.log)
         return repaired, last
 
@@ -299,7 +299,3 @@ class Journal:
                 k: self.last_checkpoint[k] for k in ("id", "label", "reason", "created_at", "last_seq")},
         }
 
-
-def _epoch(iso: str) -> float:
-    """Seconds since the epoch for a record's ``received_at``."""
-    return calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S"))
