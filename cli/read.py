@@ -11,16 +11,15 @@ from persist.cli.common import (
     UsageError,
     json_lines,
     json_option,
+    log_progress,
     one_line,
     parse_when,
-    log_progress,
     require_log,
     style,
     with_log_dir,
 )
-from persist.daemon.log import lock, reader, render, restore
+from persist.daemon.log import lock, reader, render, restore, select
 from persist.daemon.log.fsutil import create_new
-from persist.daemon.log import select
 from persist.daemon.log.select import matches
 from persist.daemon.log.store import repair_tail
 

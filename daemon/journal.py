@@ -25,7 +25,7 @@ from persist.daemon.config import Config
 from persist.daemon.gaps import SenderSequences
 from persist.daemon.log import checkpoints, reader
 from persist.daemon.log.layout import LogDir, segment_name
-from persist.daemon.log.record import Message, encode, frames_sha256, iso_utc, system_message
+from persist.daemon.log.record import Message, encode, frames_sha256, system_message
 from persist.daemon.log.store import DISK_FULL_ERRNOS, DiskFull, Repair, SegmentWriter, repair_tail
 from persist.daemon.log.times import epoch
 from persist.daemon.replay_marks import ReplayMarks

@@ -24,14 +24,13 @@ from typing import Any
 
 import structlog
 
+from persist.daemon.index.lock import indexer_pid, take_indexer_lock, try_indexer_lock  # noqa: F401 (API)
+from persist.daemon.index.search import entries, line_at  # noqa: F401 (API)
 from persist.daemon.log import reader, retention
 from persist.daemon.log.errors import SearchIndexError
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.record import is_system
 from persist.daemon.log.render import payload_text
-
-from persist.daemon.index.lock import indexer_pid, take_indexer_lock, try_indexer_lock  # noqa: F401 (API)
-from persist.daemon.index.search import entries, line_at  # noqa: F401 (API)
 
 SCHEMA = """
 PRAGMA journal_mode=WAL;

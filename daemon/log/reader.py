@@ -29,8 +29,8 @@ from typing import BinaryIO
 
 import orjson
 
-from persist.daemon.log.fsutil import open_private, open_reading
 from persist.daemon.log.entry import Entry, Line, Segment, entry, first_seq_of  # noqa: F401 (the reader's API)
+from persist.daemon.log.fsutil import open_private, open_reading
 from persist.daemon.log.layout import LogDir, segment_name
 from persist.daemon.log.store import last_newline
 
