@@ -94,6 +94,7 @@ class EnrichSection:
     sender_seq_field: str = "sender_seq"
     tags: list[dict] = field(default_factory=list)
     disable: list[str] = field(default_factory=list)
+    profiles: list[dict] = field(default_factory=list)  # [[enrich.profiles]]: envelopes (SPEC section 15)
 
 
 @dataclass
@@ -186,6 +187,17 @@ def _check_tags(tags: list[dict], source: str | None) -> None:
             raise ConfigError(f"{key}.regex", f"does not compile: {exc}", source) from None
 
 
+def _check_profiles(profiles: list[dict], source: str | None) -> None:
+    from persist.daemon.log import envelope
+
+    for i, table in enumerate(profiles):
+        try:
+            envelope.from_config(table)
+        except ValueError as exc:
+            key, _, problem = str(exc).partition(": ")
+            raise ConfigError(f"enrich.profiles[{i}].{key}", problem, source) from None
+
+
 def apply(cfg: Config, values: dict[str, dict[str, Any]], source: str | None) -> set[str]:
     """Set ``{section: {key: value}}`` on ``cfg``, checking every key; return the keys set."""
     done = set()
@@ -202,6 +214,7 @@ def apply(cfg: Config, values: dict[str, dict[str, Any]], source: str | None) ->
             setattr(target, key, _check(f"{section}.{key}", hints[key], value, source))
             done.add(f"{section}.{key}")
     _check_tags(cfg.enrich.tags, source)
+    _check_profiles(cfg.enrich.profiles, source)
     return done
 
 

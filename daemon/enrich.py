@@ -20,6 +20,7 @@ import orjson
 import structlog
 
 from persist.daemon.config import EnrichSection
+from persist.daemon.log import envelope
 from persist.daemon.log.record import Message
 
 Enricher = Callable[[Message], Mapping[str, Any] | None]
@@ -83,6 +84,7 @@ def builtin(cfg: EnrichSection) -> Enricher:
     wanted = {key: tuple(names) for key, names in fields.items() if key not in cfg.disable}
     plain = tuple((key, names) for key, names in wanted.items() if not any("." in n for n in names))
     dotted = tuple((key, names) for key, names in wanted.items() if any("." in n for n in names))
+    profiles = envelope.Profiles([envelope.from_config(t) for t in cfg.profiles])
     with_kind = "kind" in wanted
     with_tokens = "tokens" not in cfg.disable
     rules = [] if "tags" in cfg.disable else [
@@ -93,6 +95,10 @@ def builtin(cfg: EnrichSection) -> Enricher:
     def builtins(msg: Message) -> dict[str, Any]:
         meta: dict[str, Any] = {}
         payload = msg.value
+        env = profiles.match(msg.frames, msg.topic)
+        if env is not None:  # the body is another frame: fields come from it and its headers
+            msg.envelope, payload = env, env.value
+            msg.text = msg.frames[env.body].decode("utf-8", "backslashreplace")
         if type(payload) is dict:
             get = payload.get
             for key, names in plain:
@@ -105,10 +111,13 @@ def builtin(cfg: EnrichSection) -> Enricher:
                 value = _first(payload, names)
                 if value is not None:
                     meta[key] = value
+        if env is not None:
+            meta.update((k, v) for k, v in env.fields.items() if k not in cfg.disable)
+            meta["profile"], meta["body"] = env.profile, env.body
         if with_kind:
             meta["kind"] = kind_of(meta.get("kind"), msg)
         if with_tokens:
-            meta["tokens"] = (len(msg.payload) + 3) // 4
+            meta["tokens"] = (len(msg.payload if env is None else msg.frames[env.body]) + 3) // 4
         if rules:
             text = msg.payload_text()
             lower = text.lower()

@@ -55,6 +55,7 @@ class Message:
     value: Any = NOT_JSON
     text: str | None = field(default=None)  # payload as text, computed on demand
     own: bool = False  # written by the daemon about itself, never by a publisher
+    envelope: Any = None  # an ``envelope.Envelope`` when a profile says which frame is the body
 
     @classmethod
     def from_frames(cls, frames: list[bytes], received_ns: int) -> Message:

@@ -1,0 +1,171 @@
+"""Envelopes (SPEC section 15): which frame of a message is its body, and which are headers.
+
+A record keeps every frame byte for byte (``record``); a *profile* only says
+what a person means by "the message", so that enrichment, search and the
+commands that show text work on the body and its headers:
+
+* ``jupyter``, built in, recognised by its ``<IDS|MSG>`` delimiter:
+  ``[topic, <IDS|MSG>, signature, header, parent_header, metadata, content,
+  buffers…]``; the body is ``content``, the kind comes from
+  ``header.msg_type``, the thread is the request an output answers
+  (``parent_header.msg_id``), the sender is the kernel's session;
+* ``header-body``: a JSON header frame, then the body, for the topics a
+  config profile names with ``use = "header-body"``;
+* custom profiles from config (``[[profiles]]``): matched by topic prefix or
+  by a frame's exact value; the body frame by index; header fields by dotted
+  path (``header.from``, ``body.meta.thread``) onto sender, recipient,
+  thread_id, parent_id, kind, tier.
+
+``match`` runs on every message, so a message that matches no profile costs
+a comparison or two. What a profile found is written into ``meta``
+(``profile``, ``body``: the body's frame index, and the mapped fields), so
+readers need no config to find the body again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+DELIMITER = b"<IDS|MSG>"
+FIELDS = ("sender", "recipient", "thread_id", "parent_id", "kind", "tier")
+JUPYTER_KINDS = {
+    "execute_request": "request", "execute_input": "request", "inspect_request": "request",
+    "complete_request": "request", "execute_reply": "response", "execute_result": "response",
+    "stream": "response", "display_data": "response", "update_display_data": "response",
+    "error": "error", "status": "heartbeat", "comm_open": "broadcast", "comm_msg": "broadcast",
+    "comm_close": "broadcast", "clear_output": "other",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How to read one kind of envelope (see the module docstring)."""
+
+    name: str
+    body: int  # the body's frame index
+    headers: dict[str, int] = field(default_factory=dict)  # name → frame index of a JSON header
+    fields: dict[str, str] = field(default_factory=dict)  # meta key → dotted path from a header name or "body"
+    topic: str | None = None  # match: the topic starts with this
+    frame: int | None = None  # match: frame ``frame`` is exactly ``value``
+    value: bytes | None = None
+    kinds: dict[str, str] = field(default_factory=dict)  # the kind field's word → one of enrich.KINDS
+
+
+@dataclass
+class Envelope:
+    """What a profile found in one message."""
+
+    profile: str
+    body: int  # frame index
+    value: Any  # the body parsed as JSON, or None
+    fields: dict[str, Any]  # meta fields the headers gave
+
+
+JUPYTER = Profile("jupyter", body=6, headers={"header": 3, "parent": 4, "metadata": 5},
+                  fields={"kind": "header.msg_type", "thread_id": "parent.msg_id", "parent_id": "parent.msg_id",
+                          "sender": "header.session", "recipient": "parent.session", "msg_type": "header.msg_type"},
+                  kinds=JUPYTER_KINDS)
+HEADER_BODY = Profile("header-body", body=2, headers={"header": 1},
+                      fields={k: f"header.{k}" for k in FIELDS})
+
+
+def preset(use: str) -> Profile:
+    """A built-in profile a config profile can start from (``use = "header-body"``)."""
+    return {"jupyter": JUPYTER, "header-body": HEADER_BODY}[use]
+
+
+class Profiles:
+    """The profiles in force: jupyter always, then the configured ones in order."""
+
+    def __init__(self, custom: list[Profile] | None = None) -> None:
+        self.custom = list(custom or [])
+
+    def match(self, frames: list[bytes], topic: str) -> Envelope | None:
+        """The envelope of ``frames`` under the first profile that matches, or None."""
+        if len(frames) > 5:
+            if frames[1] == DELIMITER:
+                return read(JUPYTER, frames)
+            if frames[0] == DELIMITER:  # no topic frame: every index one to the left
+                return read(JUPYTER, frames, -1)
+        for profile in self.custom:
+            if profile.topic is not None:
+                if not topic.startswith(profile.topic):
+                    continue
+            elif profile.frame is None or profile.frame >= len(frames) or frames[profile.frame] != profile.value:
+                continue
+            return read(profile, frames)
+        return None
+
+
+def read(profile: Profile, frames: list[bytes], offset: int = 0) -> Envelope | None:
+    """Parse ``profile``'s headers and body out of ``frames``; None if the body frame is missing."""
+    body = profile.body + offset
+    if not 0 <= body < len(frames):
+        return None
+    parts = {"body": _json(frames[body])}
+    for name, index in profile.headers.items():
+        if 0 <= index + offset < len(frames):
+            parts[name] = _json(frames[index + offset])
+    found = {}
+    for key, path in profile.fields.items():
+        value = lookup(parts, path)
+        if value is not None and not isinstance(value, (dict, list)):
+            found[key] = profile.kinds.get(value, value) if key == "kind" and isinstance(value, str) else value
+    return Envelope(profile.name, body, parts["body"], found)
+
+
+def lookup(parts: dict[str, Any], path: str) -> Any:
+    """``header.a.b`` → parts["header"]["a"]["b"]; None where anything is missing."""
+    value: Any = parts
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _json(frame: bytes) -> Any:
+    try:
+        return orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+
+
+PROFILE_KEYS = {"name", "use", "topic", "frame", "value", "body", "headers", "fields", "kinds"}
+
+
+def from_config(table: dict[str, Any]) -> Profile:
+    """A ``[[enrich.profiles]]`` table as a Profile; ValueError naming the key at fault."""
+    unknown = set(table) - PROFILE_KEYS
+    if unknown:
+        raise ValueError(f"{sorted(unknown)[0]}: unknown key (use {', '.join(sorted(PROFILE_KEYS))})")
+    if not isinstance(table.get("name"), str) or not table["name"]:
+        raise ValueError("name: every profile needs a name")
+    base = preset(table["use"]) if table.get("use") in ("jupyter", "header-body") else None
+    if "use" in table and base is None:
+        raise ValueError("use: must be jupyter or header-body")
+    matchers = ("topic" in table) + ("frame" in table or "value" in table)
+    if matchers != 1 or ("frame" in table) != ("value" in table):
+        raise ValueError("topic: say how messages are recognised: topic = \"prefix\", or frame = N with value = \"…\"")
+    body = table.get("body", base.body if base else None)
+    checks = {"topic": (str, table.get("topic", "")), "frame": (int, table.get("frame", 0)),
+              "value": (str, table.get("value", "")), "body": (int, body)}
+    for key, (kind, value) in checks.items():
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise ValueError(f"{key}: must be {'a frame index (0 or more)' if kind is int else 'text'}, got {value!r}")
+    for key in ("headers", "fields", "kinds"):
+        value = table.get(key, {})
+        want = int if key == "headers" else str
+        if not isinstance(value, dict) or not all(isinstance(v, want) and not isinstance(v, bool) for v in value.values()):
+            raise ValueError(f"{key}: must be a table of {'frame indexes' if want is int else 'text'}")
+    bad = set(table.get("fields", {})) - set(FIELDS)
+    if bad:
+        raise ValueError(f"fields.{sorted(bad)[0]}: not a field (use {', '.join(FIELDS)})")
+    return Profile(
+        table["name"], body,
+        headers=table.get("headers", base.headers if base else {}),
+        fields={**(base.fields if base else {}), **table.get("fields", {})},
+        topic=table.get("topic"), frame=table.get("frame"),
+        value=table["value"].encode() if "value" in table else None,
+        kinds={**(base.kinds if base else {}), **table.get("kinds", {})})
