@@ -28,12 +28,22 @@ from persist.daemon.log.render import payload_text, speaker
 
 
 class UsageError(click.ClickException):
-    """Bad input: one line saying what to do, exit 2."""
+    """Bad input: one line saying what to do, exit 2.
+
+    With ``--json`` (``json_errors``) the line is a JSON object on stderr instead,
+    ``{"error": MESSAGE, "exit_code": N}``: stdout keeps only results, so a script
+    piping it into ``jq`` never parses an error as a record.
+    """
 
     exit_code = 2
+    as_json = False
 
     def show(self, file=None) -> None:
-        click.echo(f"persist-cli: {self.message}", err=True)
+        if self.as_json:
+            sys.stderr.write(orjson.dumps({"error": self.message, "exit_code": self.exit_code}).decode() + "\n")
+            sys.stderr.flush()
+        else:
+            click.echo(f"persist-cli: {self.message}", err=True)
 
 
 class Failure(UsageError):
@@ -42,11 +52,30 @@ class Failure(UsageError):
     exit_code = 1
 
 
+def json_errors(ctx: click.Context, exc: UsageError) -> UsageError:
+    """``exc``, shown as a JSON object if ``--json`` was given anywhere on the command line."""
+    exc.as_json = bool(ctx.meta.get("persist.json"))
+    return exc
+
+
+def _utc(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        times.use_utc(True)
+
+
+utc_option = click.option("--utc", is_flag=True, expose_value=False, callback=_utc,
+                          help="Show and read times in UTC instead of local time.")
+
+
 def with_log_dir(func: Callable) -> Callable:
-    """Add ``--log-dir`` and ``--config``; pass the resolved ``cfg`` and ``log`` to the command."""
+    """Add ``--log-dir``, ``--config`` and ``--utc``; pass the resolved ``cfg`` and ``log`` to the command.
+
+    Each may also come before the command name (``persist-cli --log-dir D recent``: ``main.Defaults``).
+    """
 
     @click.option("--log-dir", metavar="DIR", help="The log dir (env PERSIST_LOG_DIR; default ./conversation_logs).")
     @click.option("--config", "config_path", metavar="FILE", help="TOML config file (see persist-daemon --help).")
+    @utc_option
     @functools.wraps(func)
     def wrapper(*args, log_dir: str | None, config_path: str | None, **kwargs):
         try:
@@ -88,7 +117,8 @@ def json_lines(objects: Iterable[Any]) -> None:
 
 
 def color() -> bool:
-    return sys.stdout.isatty()
+    """Colour on a terminal, unless ``NO_COLOR`` is set (https://no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
 def style(text: str, **kw: Any) -> str:
@@ -96,17 +126,26 @@ def style(text: str, **kw: Any) -> str:
 
 
 def table(headers: list[str], rows: list[list[Any]], right: Iterable[int] = ()) -> None:
-    """Print aligned columns (header bold on a terminal)."""
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    """Print aligned columns through rich (header bold on a terminal, ``NO_COLOR`` honoured, cut to the
+    terminal's width on a terminal; never cut when piped). rich is imported here only: ``recent`` never pays for it."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
     right = set(right)
-
-    def fmt(row: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-
-    click.echo(style(fmt(headers), bold=True))
-    for row in cells:
-        click.echo(fmt(row))
+    tty = sys.stdout.isatty()
+    grid = Table(box=box.SIMPLE_HEAD if tty else None, show_edge=False, pad_edge=False, header_style="bold",
+                 show_header=True, expand=False)
+    for i, h in enumerate(headers):
+        grid.add_column(h, justify="right" if i in right else "left", no_wrap=not tty, overflow="ellipsis")
+    for row in rows:
+        grid.add_row(*(str(c) for c in row))
+    console = Console(file=sys.stdout, no_color=not color(), highlight=False, markup=False, emoji=False,
+                      width=None if tty else 1 << 16, color_system="auto" if color() else None,
+                      force_terminal=tty and None)
+    with console.capture() as captured:
+        console.print(grid)
+    click.echo("\n".join(line.rstrip() for line in captured.get().rstrip("\n").split("\n")))
 
 
 def counts(name: str, counted: dict[str, int], top: int | None = None) -> None:
@@ -167,6 +206,11 @@ def ago(iso: str | None) -> str:
     return iso
 
 
+def when(iso: str | None) -> str:
+    """A log time for a person, as every command shows it (``times.show``: local with its zone, or ``--utc``)."""
+    return times.show(iso)
+
+
 def terminal_width() -> int:
     return shutil.get_terminal_size((120, 24)).columns
 
@@ -187,7 +231,7 @@ def parse_when(text: str | None, flag: str) -> str | None:
 def one_line(rec: dict[str, Any], width: int | None = None) -> str:
     """A record as one line of a listing: time, seq, topic, who, what."""
     text = " ".join(payload_text(rec).split())
-    head = f"{rec['received_at'][11:23]}  {style('#' + str(rec['seq']), fg='cyan')}  {rec['topic']}  {speaker(rec)}  "
+    head = f"{when(rec['received_at'])}  {style('#' + str(rec['seq']), fg='cyan')}  {rec['topic']}  {speaker(rec)}  "
     line = head + text
     width = width or terminal_width()
     return line if len(line) <= width or not sys.stdout.isatty() else line[: width - 1] + "…"

@@ -1,7 +1,11 @@
-"""Time as the log writes it: ISO 8601 UTC strings (``received_at``, ``created_at``), parsed one way.
+"""Time as the log writes it and as a person reads and types it: the one parser and the one display format.
 
-Every reader that turns such a string into a time, and every ``--since`` /
-``--until`` value turned into one, goes through here.
+The log writes ISO 8601 UTC strings (``received_at``, ``created_at``); every
+reader that turns one into a time goes through ``epoch``/``parse_iso``. Every
+``--since``/``--until`` value a person typed goes through ``parse_when`` (local
+time unless it names a zone, or UTC when asked), and every time shown to a
+person goes through ``show`` (local time with its zone, or UTC), so ``recent``,
+``search``, ``threads``, ``info`` and a markdown export print times alike.
 """
 
 from __future__ import annotations
@@ -9,9 +13,25 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone
 
-RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hour|d|day|w|week)s?(\s+ago)?$")
-UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400,
-         "w": 604800, "week": 604800}
+RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)\s*(s|sec|second|m|min|minute|h|hour|d|day|w|week)s?(\s+ago)?$")
+UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600,
+         "d": 86400, "day": 86400, "w": 604800, "week": 604800}
+CLOCK = re.compile(r"^\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?$")  # a time of day: today at that time
+DAYS = {"today": 0, "yesterday": -1, "tomorrow": 1}
+HINT = ("is not a time: use a local time (2026-11-24 19:22, 19:22), one with its zone (2026-11-24T19:22:01Z, "
+        "…+01:00), a duration ago like 15m, 2h, 3d, or today/yesterday")
+
+_utc_display = False  # set once per persist-cli run (--utc); a library caller keeps local time
+
+
+def use_utc(on: bool) -> None:
+    """Show (and read zone-less typed times) in UTC instead of local time: ``persist-cli --utc``."""
+    global _utc_display
+    _utc_display = on
+
+
+def showing_utc() -> bool:
+    return _utc_display
 
 
 def parse_iso(text: str) -> datetime:
@@ -30,24 +50,54 @@ def iso_utc(when: datetime) -> str:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def parse_when(text: str, now: datetime | None = None) -> str:
-    """A time a person typed (ISO 8601, ``15m``/``2h ago``/``3d``, ``now``/``today``/``yesterday``) as ``iso_utc``.
+def _zone(utc: bool):
+    return timezone.utc if utc else None  # None: astimezone() takes the local zone
+
+
+def show(iso: str | None, utc: bool | None = None) -> str:
+    """A time the log wrote, for a person: ``2026-11-24 20:22:01.123 +01:00`` (local) or ``… 19:22:01.123 UTC``."""
+    if not iso:
+        return "-"
+    utc = _utc_display if utc is None else utc
+    try:
+        when = parse_iso(iso)
+    except ValueError:
+        return iso
+    when = (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone(_zone(utc))
+    text = when.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    if utc:
+        return text + " UTC"
+    offset = when.strftime("%z")
+    return f"{text} {offset[:3]}:{offset[3:]}"
+
+
+def parse_when(text: str, now: datetime | None = None, utc: bool | None = None) -> str:
+    """A time a person typed, as ``iso_utc``: an ISO 8601 time (local unless it names a zone, or UTC with
+    ``utc``), a time of day (``19:22``: today), ``15m``/``2h ago``/``3d``, ``now``/``today``/``yesterday``
+    (midnight, local or UTC).
 
     ``ValueError`` saying what to type instead when it is none of these.
     """
+    utc = _utc_display if utc is None else utc
     now = now or datetime.now(timezone.utc)
+    zone_now = now.astimezone(_zone(utc))
     t = text.strip().lower()
     if m := RELATIVE.match(t):
         try:
             return iso_utc(now - timedelta(seconds=float(m.group(1)) * UNITS[m.group(2)]))
         except OverflowError:
             raise ValueError("reaches before year 1: use a shorter duration or an ISO 8601 time") from None
-    if t in ("now", "today", "yesterday"):
-        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        return iso_utc({"now": now, "today": midnight, "yesterday": midnight - timedelta(days=1)}[t])
+    if t == "now":
+        return iso_utc(now)
+    if t in DAYS:
+        midnight = zone_now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return iso_utc(midnight + timedelta(days=DAYS[t]))
+    if CLOCK.match(t):
+        text = f"{zone_now.date().isoformat()}T{t}"
     try:
         when = parse_iso(text.strip())
     except ValueError:
-        raise ValueError("is not a time: use ISO 8601 (2026-11-24T19:22:01Z), "
-                         "a duration like 15m, 2h, 3d, or today/yesterday") from None
-    return iso_utc(when if when.tzinfo else when.replace(tzinfo=timezone.utc))
+        raise ValueError(HINT) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc) if utc else when.astimezone()  # naive: local wall time
+    return iso_utc(when)
