@@ -21,6 +21,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import orjson
@@ -168,10 +169,25 @@ def new_id(log: LogDir, created: float, last_seq: int) -> str:
     return ident
 
 
+def check_label(log: LogDir, label: str | None) -> None:
+    """``CheckpointError`` if ``label`` would not name one checkpoint: another has it (or it is an id,
+    or ``latest``). As ``git tag`` refuses an existing tag, a label is never given twice."""
+    if not label:
+        return
+    for m in readable(log):
+        if label in (m.get("label"), m["id"]):
+            raise CheckpointError(f"checkpoint label '{label}' already names {m['id']}; choose another label")
+    if label == "latest":
+        raise CheckpointError("'latest' always means the newest checkpoint; choose another label")
+
+
 def write(log: LogDir, cut: Cut, hasher: Hasher, reason: str, label: str | None = None,
           ident: str | None = None) -> dict[str, Any]:
-    """Write the manifest for ``cut`` atomically (under ``ident`` if chosen already); return it."""
+    """Write the manifest for ``cut`` atomically (under ``ident`` if chosen already); return it.
+
+    ``CheckpointError`` (nothing written) if ``label`` names a checkpoint already (``check_label``)."""
     ensure_dir(log.checkpoints)
+    check_label(log, label)
     prev = latest(log)
     if prev is not None:
         hasher.remember(prev)
@@ -203,10 +219,15 @@ def write_now(log: LogDir, label: str | None = None) -> dict[str, Any]:
         return write(log, cut_from_files(log), Hasher(), "manual", label)
 
 
-def prune(log: LogDir, keep: int) -> list[str]:
-    """Delete the oldest automatic checkpoints beyond ``keep``; labelled ones stay forever."""
+def prune(log: LogDir, keep: int, dry_run: bool = False) -> list[str]:
+    """Delete the oldest automatic checkpoints beyond ``keep`` (only name them with ``dry_run``);
+    labelled ones stay forever."""
+    if keep < 0:
+        raise CheckpointError(f"cannot keep {keep} checkpoints; keep 0 or more")
     automatic = [m for m in readable(log) if not m.get("label")]
     doomed = automatic[: max(0, len(automatic) - keep)]
+    if dry_run:
+        return [m["id"] for m in doomed]
     for m in doomed:
         (log.checkpoints / f"{m['id']}.json").unlink(missing_ok=True)
     if doomed:
@@ -261,14 +282,21 @@ def _prefix_hashes(name: str, f: BinaryIO, lengths: list[int]) -> dict[tuple[str
     return out
 
 
+def between(log: LogDir, a: dict[str, Any], b: dict[str, Any]) -> Iterator[reader.Entry]:
+    """The records after the older of two checkpoints, up to and including the newer one's last."""
+    lo, hi = sorted((a["last_seq"], b["last_seq"]))
+    for entry in reader.records(log, after_seq=lo):
+        if entry.seq > hi:
+            return
+        yield entry
+
+
 def diff(log: LogDir, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """What happened between two checkpoints: records added and by topic."""
     lo, hi = sorted((a["last_seq"], b["last_seq"]))
     topics: dict[str, int] = {}
     senders: dict[str, int] = {}
-    for entry in reader.records(log, after_seq=lo):
-        if entry.seq > hi:
-            break
+    for entry in between(log, a, b):
         topics[entry.rec["topic"]] = topics.get(entry.rec["topic"], 0) + 1
         sender = entry.rec.get("meta", {}).get("sender")
         if sender is not None:

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import structlog
 
-from persist.daemon.log import checkpoints, lock, reader, render, retention, select
+from persist.daemon.log import checkpoints, lock, reader, render, restart, retention, select
 from persist.daemon.log.errors import RestoreError
 from persist.daemon.log.fsutil import DIR_MODE, create_new, ensure_dir, fsync_dir, write_all, write_atomically
 from persist.daemon.log.layout import ACTIVE, LogDir
@@ -153,16 +153,47 @@ def restore_in_place(log: LogDir, manifest: dict[str, Any]) -> dict[str, Any]:
     return carry_out(log, steps)
 
 
-def restore_held(log: LogDir, manifest: dict[str, Any], stop_daemon: bool = False) -> dict[str, Any]:
-    """``restore_in_place`` holding the log dir's lock; a daemon recording there is stopped first if
-    ``stop_daemon``, else ``lock.AlreadyRunning`` (``lock.StillRunning`` if it does not stop)."""
+def restore_held(log: LogDir, manifest: dict[str, Any], stop_daemon: bool = False,
+                 restart_daemon: bool = True) -> dict[str, Any]:
+    """``restore_in_place`` holding the log dir's lock.
+
+    A daemon recording there is stopped first if ``stop_daemon`` (else ``lock.AlreadyRunning``;
+    ``lock.StillRunning`` if it does not stop) and, with ``restart_daemon``, started again the way it
+    was started once the restore is done or has failed (``restart``). The result says what happened:
+    ``stopped_pid``, then ``restarted_pid`` or ``not_restarted`` (why, and how to start it).
+    """
+    stopped: dict[str, Any] = {}
+    started = None
     if lock.is_locked(log):
         if not stop_daemon:
             raise lock.AlreadyRunning(f"a daemon (pid {lock.holder_pid(log)}) is recording into {log.root}; "
                                       "pass --stop-daemon, or use --out DIR to restore elsewhere")
+        stopped["stopped_pid"] = pid = lock.holder_pid(log)
+        started = restart.how_started(pid)
         lock.stop_holder(log)
-    with lock.held(log):
-        return restore_in_place(log, manifest)
+    try:
+        with lock.held(log):
+            result = restore_in_place(log, manifest)
+    except BaseException as exc:
+        if stopped:
+            note = _start_again(log, started, restart_daemon)
+            exc.add_note(f"the daemon (pid {stopped['stopped_pid']}) was stopped for the restore; " + (
+                f"it records again as pid {note['restarted_pid']}" if "restarted_pid" in note
+                else f"RECORDING IS STOPPED: {note['not_restarted']}"))
+        raise
+    return {**result, **stopped, **(_start_again(log, started, restart_daemon) if stopped else {})}
+
+
+def _start_again(log: LogDir, started: restart.Started | None, wanted: bool) -> dict[str, Any]:
+    if not wanted:
+        return {"not_restarted": "not asked to; start it: persist-daemon --log-dir " + str(log.root)}
+    if started is None:
+        return {"not_restarted": "how it was started cannot be read from /proc; start it: "
+                                 f"persist-daemon --log-dir {log.root}"}
+    try:
+        return {"restarted_pid": restart.start_again(log, started)}
+    except restart.RestartError as exc:
+        return {"not_restarted": str(exc)}
 
 
 def finish_interrupted(log: LogDir) -> dict[str, Any] | None:
@@ -246,8 +277,17 @@ def copy_tree_size(manifest: dict[str, Any]) -> int:
 
 
 def context_file(log: LogDir, manifest: dict[str, Any]) -> Path:
-    """The conversation up to ``manifest`` as an agent's prompt, in ``restored/<id>.txt`` (for ``persist-launch``)."""
+    """The whole conversation up to ``manifest`` as an agent's prompt, in ``restored/<id>.txt``."""
+    return write_context(log, manifest, None)[0]
+
+
+def write_context(log: LogDir, manifest: dict[str, Any], max_tokens: int | None) -> tuple[Path, int]:
+    """``(path, left_out)``: the newest turns up to ``manifest`` that fit ``max_tokens`` (None: all) as an
+    agent's prompt in ``restored/<id>.txt`` (for ``persist-launch``), and how many earlier ones were left out
+    (the file's first line says so too)."""
+    entries, left_out = select.newest_fitting(select.conversation_upto(log, manifest["last_seq"]), max_tokens)
     path = ensure_dir(log.root / "restored") / f"{manifest['id']}.txt"
-    text = "\n".join(render.lines(select.conversation_upto(log, manifest["last_seq"]), "prompt")) + "\n"
+    note = [f"({left_out} earlier turn(s) left out to fit {max_tokens} tokens)"] if left_out else []
+    text = "\n".join(note + list(render.lines(entries, "prompt"))) + "\n"
     write_atomically(path, text.encode())
-    return path
+    return path, left_out
