@@ -24,6 +24,8 @@ readers need no config to find the body again.
 
 from __future__ import annotations
 
+import base64
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,3 +171,92 @@ def from_config(table: dict[str, Any]) -> Profile:
         topic=table.get("topic"), frame=table.get("frame"),
         value=table["value"].encode() if "value" in table else None,
         kinds={**(base.kinds if base else {}), **table.get("kinds", {})})
+
+
+# --- reading a recorded body back as text ---------------------------------------------
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+HEX_HEAD = 8  # bytes of a binary frame shown in hex
+
+
+def recorded_frame(rec: dict[str, Any], index: int) -> bytes | None:
+    """Frame ``index`` of a record, from the record alone (the topic, the payload, or an extra frame)."""
+    try:
+        if index >= 2:
+            return base64.b64decode(rec["extra_b64"][index - 2])
+        if index == 1 and rec.get("frames") != 1:
+            if "payload_b64" in rec:
+                return base64.b64decode(rec["payload_b64"])
+            return rec["payload_text"].encode() if "payload_text" in rec else orjson.dumps(rec.get("payload"))
+        return base64.b64decode(rec["topic_b64"]) if "topic_b64" in rec else rec.get("topic", "").encode()
+    except (KeyError, IndexError, TypeError, ValueError, orjson.JSONEncodeError):
+        return None
+
+
+def body_text(rec: dict[str, Any]) -> str | None:
+    """What a person means by the message of a record a profile read (None if none did):
+    the body as text, and any binary frames after it as what they are."""
+    meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+    index = meta.get("body")
+    if type(index) is not int or "profile" not in meta:
+        return None
+    frame = recorded_frame(rec, index)
+    if frame is None:
+        return None
+    body = _json(frame)
+    text = jupyter_text(meta.get("msg_type"), body) if meta["profile"] == "jupyter" else None
+    if text is None:
+        text = _plain(body) if body is not None else frame.decode("utf-8", "replace")
+    buffers = [recorded_frame(rec, i) for i in range(index + 1, 2 + len(rec.get("extra_b64", [])))]
+    return text + "".join(f"\n{describe_binary(b)}" for b in buffers if b is not None)
+
+
+def jupyter_text(msg_type: Any, content: Any) -> str | None:
+    """A Jupyter message's content as a person reads it, by its type."""
+    if not isinstance(content, dict):
+        return None
+    if msg_type in ("execute_input", "execute_request"):
+        return str(content.get("code", ""))
+    if msg_type == "stream":
+        return str(content.get("text", ""))
+    if msg_type == "error":
+        trace = "\n".join(ANSI.sub("", str(t)) for t in content.get("traceback", []) if isinstance(t, str))
+        return f"{content.get('ename')}: {content.get('evalue')}" + (f"\n{trace}" if trace else "")
+    if msg_type in ("display_data", "execute_result", "update_display_data") and isinstance(content.get("data"), dict):
+        data = content["data"]
+        shown = [str(data["text/plain"])] if isinstance(data.get("text/plain"), str) else []
+        shown += [f"[{mime}, {len(str(v)) * 3 // 4} bytes]" for mime, v in data.items() if mime != "text/plain"]
+        return "\n".join(shown)
+    if msg_type == "status":
+        return f"status: {content.get('execution_state')}"
+    return None
+
+
+def describe_binary(data: bytes) -> str:
+    """A binary frame as what it is: its size, its type when known, and a short hex head."""
+    kind = next((name for magic, name in MAGIC if data.startswith(magic)), None)
+    try:
+        data.decode("utf-8")
+        kind = kind or "text"
+    except UnicodeDecodeError:
+        kind = kind or "binary"
+    head = data[:HEX_HEAD].hex(" ") + (" …" if len(data) > HEX_HEAD else "")
+    return f"[{kind}, {len(data)} bytes: {head}]"
+
+
+MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
+         (b"%PDF", "application/pdf"), (b"PK\x03\x04", "zip"), (b"\x1f\x8b", "gzip"))
+
+
+def _plain(value: Any) -> str:
+    """A JSON body as text: its text field if it has one, else compact JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        for name in ("text", "content", "message", "body", "prompt", "response", "result"):
+            if isinstance(value.get(name), str):
+                return value[name]
+    try:
+        return orjson.dumps(value).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return "<a body nested too deeply to show>"
