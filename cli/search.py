@@ -27,11 +27,15 @@ from persist.daemon.log.select import newest_fitting
 
 
 def open_index(log):
-    """The search index, up to date (``index.open_current``)."""
+    """The search index, up to date (``index.open_current``); says on stderr how far behind it is, if it is."""
     try:
-        return index.open_current(log)
+        db = index.open_current(log)
     except SearchIndexError as exc:
         raise Failure(str(exc)) from None
+    if missing := index.behind(log, db):
+        click.echo(f"persist-cli: the search index has not reached the newest {missing} record(s) yet "
+                   "(the indexer is at work); they are not in these results", err=True)
+    return db
 
 
 replays_option = click.option("--include-replays", is_flag=True,

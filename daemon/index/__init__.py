@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from persist.daemon.index.lock import indexer_pid, take_indexer_lock, try_indexer_lock  # noqa: F401 (API)
+from persist.daemon.index.lock import give_back, indexer_pid, take_indexer_lock, try_indexer_lock  # noqa: F401 (API)
 from persist.daemon.index.search import entries, line_at  # noqa: F401 (API)
 from persist.daemon.log import reader, retention
 from persist.daemon.log.errors import SearchIndexError
@@ -68,39 +69,101 @@ def files(path: Path) -> tuple[Path, Path, Path]:
     return path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
 
 
-def open_current(log: LogDir) -> sqlite3.Connection:
-    """The search index, brought up to date first when no indexer is keeping it so.
+def open_current(log: LogDir, wait: float = 2.0) -> sqlite3.Connection:
+    """The search index, complete up to the newest record, or as near as an indexer at work got in ``wait`` s.
 
-    With the daemon stopped (or its indexing off) the newest records would
-    otherwise be missing from what search, thread and threads find.
+    When no indexer is at work (the daemon stopped, its indexing off, right after a restore set the index
+    aside) this brings the index up to date itself, creating it if missing, holding ``indexer.lock``.
+    Otherwise it waits up to ``wait`` seconds for the indexer to reach the record that was newest when it
+    was called (``behind`` says how far it is when it did not) and, while an indexer is only now making
+    the index, for the file to appear (``SearchIndexError`` saying so if it does not).
     """
-    db = connect(index_path(log), create=False)
-    fd = try_indexer_lock(log)
-    if fd is not None:  # else an indexer is at work: it keeps the index current
-        try:
-            catch_up(log, db)
-        finally:
-            os.close(fd)
-    return db
+    path = index_path(log)
+    target = _last_seq(log)
+    deadline = time.monotonic() + wait
+    while True:
+        fd = try_indexer_lock(log)
+        if fd is not None:
+            try:
+                db = connect(path)
+                catch_up(log, db)
+                return db
+            finally:
+                give_back(log)
+                os.close(fd)
+        if path.exists():
+            db = connect(path, create=False)
+            give_back(log)
+            while position(db)[0] < target and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return db
+        if time.monotonic() >= deadline:
+            who = f"the indexer (pid {pid})" if (pid := indexer_pid(log)) else "another persist command"
+            raise SearchIndexError(f"{who} is making the search index and has not written it yet "
+                                   f"({target} record(s) to index); try again in a moment")
+        time.sleep(0.05)
+
+
+def behind(log: LogDir, db: sqlite3.Connection) -> int:
+    """How many records the index has not reached yet (0: it holds everything recorded)."""
+    return max(0, _last_seq(log) - position(db)[0])
+
+
+def _last_seq(log: LogDir) -> int:
+    last = reader.last_record(log)
+    return last.seq if last is not None else 0
 
 
 def rebuild(log: LogDir, progress: Callable[[int], None] | None = None, timeout: float = 15.0) -> int:
     """Build the index anew from the JSONL, pausing a running indexer meanwhile; how many records it holds.
 
+    The new index is built beside the old one and copied over it in one transaction (SQLite's backup),
+    so a search meanwhile answers from the old, complete index, never from a half-built one; an index
+    that cannot be opened is replaced by renaming the new file over it.
     ``progress(bytes)`` is told how far into the whole log (``reader.sizes``) indexing got.
     """
     lock_fd = take_indexer_lock(log, timeout)
+    path = index_path(log)
+    fresh = path.with_name(path.name + ".rebuild")
     try:
-        path = index_path(log)
-        for p in files(path):
+        for p in files(fresh):
             p.unlink(missing_ok=True)
         starts, total = {}, 0  # where each segment begins in the whole log
         for seg, nbytes in reader.sizes(log):
             starts[seg.name] = total
             total += nbytes
-        return update(log, progress and (lambda seg, off: progress(starts.get(seg, 0) + off)))
+        new = connect(fresh)
+        try:
+            count = catch_up(log, new, progress and (lambda seg, off: progress(starts.get(seg, 0) + off)))
+            _swap_in(new, path, fresh)
+        finally:
+            new.close()
+        return count
     finally:
+        for p in files(fresh):
+            p.unlink(missing_ok=True)
+        give_back(log)
         os.close(lock_fd)
+
+
+def _swap_in(new: sqlite3.Connection, path: Path, fresh: Path) -> None:
+    """Make ``path`` hold what ``new`` (the file ``fresh``) holds, atomically for its readers."""
+    try:
+        old = connect(path, create=False)
+    except (SearchIndexError, sqlite3.DatabaseError):
+        old = None
+    if old is not None:
+        try:
+            new.backup(old)
+            return
+        except sqlite3.DatabaseError:
+            pass
+        finally:
+            old.close()
+    new.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    for p in files(path)[1:]:
+        p.unlink(missing_ok=True)
+    os.replace(fresh, path)
 
 
 def update(log: LogDir, progress: Callable[[str, int], None] | None = None) -> int:
@@ -110,6 +173,7 @@ def update(log: LogDir, progress: Callable[[str, int], None] | None = None) -> i
         return catch_up(log, db, progress)
     finally:
         db.close()
+        give_back(log)
 
 
 def connect(path: Path, create: bool = True) -> sqlite3.Connection:

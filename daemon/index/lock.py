@@ -51,6 +51,28 @@ def indexer_pid(log: LogDir) -> int | None:
     return pid if held and INDEXER_MODULE in cmdline else None
 
 
+def give_back(log: LogDir) -> None:
+    """Run as root on a log dir that is not root's (``sudo persist-cli search`` on the service's log):
+    hand ``metadata_index/`` and what is in it to the log dir's owner, so the service's indexer can still
+    write them and its daemon still finds everything in its log dir its own. A no-op for anyone else."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = os.stat(log.root)
+    except OSError:
+        return
+    if owner.st_uid == 0:
+        return
+    paths = [log.index, *log.index.iterdir()] if log.index.is_dir() else []
+    for p in paths:
+        try:
+            st = os.lstat(p)
+            if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+                os.chown(p, owner.st_uid, owner.st_gid, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+
+
 def take_indexer_lock(log: LogDir, timeout: float = 15.0) -> int:
     """Hold ``indexer.lock``, asking a running indexer to stop first (the daemon restarts it later).
 
