@@ -25,21 +25,35 @@ from persist.daemon.log.store import repair_tail
 
 topic_option = click.option("--topic", help="Only topics starting with this prefix.")
 sender_option = click.option("--sender", help="Only records whose meta.sender is this.")
+thread_option = click.option("--thread", help="Only records of this thread (meta.thread_id).")
+kind_option = click.option("--kind", help="Only records of this kind (request, response, tool_call, error…).")
+since_option = click.option("--since", help="From this time: local (2026-11-24 19:22, 19:22), zoned ISO, 2h, today.")
+until_option = click.option("--until", help="Up to this time (same forms as --since).")
+system_option = click.option("--system/--no-system", default=True, help="Include the daemon's own $persist/ records.")
 
 
 @click.command()
 @click.option("-n", "count", type=click.IntRange(0, sys.maxsize), default=20, show_default=True, help="How many records.")
 @topic_option
 @sender_option
+@thread_option
+@kind_option
+@since_option
+@until_option
+@click.option("--reverse", "-r", is_flag=True, help="Newest first.")
 @click.option("--follow", "-f", "follow_", is_flag=True, help="Keep printing records as they are written (Ctrl-C stops).")
-@click.option("--system/--no-system", default=True, help="Include the daemon's own $persist/ records.")
+@system_option
 @with_log_dir
 @json_option
-def recent(cfg, log, count, topic, sender, follow_, system, as_json) -> None:
+def recent(cfg, log, count, topic, sender, thread, kind, since, until, reverse, follow_, system, as_json) -> None:
     """The last N records, read from the tail (instant on a huge log)."""
+    if reverse and follow_:
+        raise UsageError("--reverse and --follow do not go together: new records come last")
+    filters = dict(topic=topic, sender=sender, thread=thread, kind=kind, system=system,
+                   since=parse_when(since, "--since"), until=parse_when(until, "--until"))
     emit = (lambda e: json_lines([e.line])) if as_json else (lambda e: click.echo(one_line(e.rec)))
     try:
-        for e in select.recent(require_log(log), count, follow_, topic=topic, sender=sender, system=system):
+        for e in select.recent(require_log(log), count, follow_, reverse, **filters):
             emit(e)
     except KeyboardInterrupt:
         pass
@@ -47,16 +61,21 @@ def recent(cfg, log, count, topic, sender, follow_, system, as_json) -> None:
 
 @click.command()
 @click.option("--format", "fmt", type=click.Choice(render.EXPORT_FORMATS), default="jsonl", show_default=True)
-@click.option("--since", help="ISO time, or a duration ago like 15m, 2h, 3d.")
-@click.option("--until", help="ISO time, or a duration ago.")
+@since_option
+@until_option
 @topic_option
 @sender_option
+@thread_option
+@kind_option
+@system_option
+@click.option("--json", "as_json", is_flag=True, help="Same as --format jsonl.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of standard output.")
 @click.option("--mode", default="600", show_default=True, metavar="OCTAL",
               help="Permissions of the -o FILE (it holds the conversation: private by default).")
 @with_log_dir
-def export(cfg, log, fmt, since, until, topic, sender, output, mode) -> None:
+def export(cfg, log, fmt, since, until, topic, sender, thread, kind, system, as_json, output, mode) -> None:
     """Export records as JSON Lines (the on-disk schema), CSV or markdown."""
+    fmt = "jsonl" if as_json else fmt
     require_log(log)
     since, until = parse_when(since, "--since"), parse_when(until, "--until")
     try:
@@ -65,7 +84,8 @@ def export(cfg, log, fmt, since, until, topic, sender, output, mode) -> None:
         perms = -1
     if not 0 <= perms <= 0o777:
         raise UsageError(f"--mode {mode!r} is not an octal file mode such as 600 or 644")
-    entries = (e for e in reader.records(log) if matches(e.rec, topic, sender, since, until))
+    entries = (e for e in reader.records(log)
+               if matches(e.rec, topic, sender, since, until, system=system, thread=thread, kind=kind))
     out = _create_private(output, perms) if output else sys.stdout
     try:
         n = render.export(entries, fmt, out)

@@ -9,7 +9,6 @@ import click
 from persist.cli.common import (
     Failure,
     UsageError,
-    ago,
     json_lines,
     json_option,
     listing,
@@ -17,6 +16,7 @@ from persist.cli.common import (
     parse_when,
     require_log,
     style,
+    when,
     with_log_dir,
 )
 from persist.daemon import index
@@ -48,14 +48,24 @@ replays_option = click.option("--include-replays", is_flag=True,
 @click.option("--topic", help="Topic prefix.")
 @click.option("--thread", "thread_id")
 @click.option("--kind")
-@click.option("--since", help="ISO time or a duration ago (15m, 2h, 3d).")
-@click.option("--until")
+@click.option("--since", help="From this time: local (2026-11-24 19:22, 19:22), zoned ISO, 2h, today.")
+@click.option("--until", help="Up to this time (same forms as --since).")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @replays_option
 @with_log_dir
 @json_option
 def search_cmd(cfg, log, query, sender, topic, thread_id, kind, since, until, limit, include_replays, as_json) -> None:
-    """Full-text search: words, "phrases", prefix*, AND/OR/NOT; best match first."""
+    """Full-text search, best match first; exit 1 when nothing matches (as grep).
+
+    \b
+    QUERY is FTS5 syntax:
+      backoff retry          both words          "retry loop"     a phrase
+      retr*                  a prefix            a OR b, a NOT b  boolean
+      sender:planner         a word in one column: text, fields, sender, recipient,
+                             topic, thread_id, kind, tags (e.g. kind:error)
+    A query that is not valid FTS5 (client.py, fix-42, retry -backoff) is searched
+    as plain words instead, each quoted, a leading - meaning NOT.
+    """
     db = open_index(require_log(log))
     filters = Filters(sender, topic, thread_id, kind, parse_when(since, "--since"), parse_when(until, "--until"),
                       include_replays)
@@ -64,13 +74,14 @@ def search_cmd(cfg, log, query, sender, topic, thread_id, kind, since, until, li
     except SearchIndexError as exc:
         raise UsageError(str(exc)) from None
     found = with_records(log, hits)
-    if as_json:
+    if as_json and found:
         return json_lines(e.line for _, e in found)
     if not found:
-        click.echo(f"no match for {query!r}", err=True)
-        return
+        if not as_json:
+            click.echo(f"no match for {query!r}", err=True)
+        sys.exit(1)
     for hit, e in found:
-        head = f"{e.rec['received_at'][:19]}  {style('#' + str(e.seq), fg='cyan')}  {e.rec['topic']}  {render.speaker(e.rec)}"
+        head = f"{when(e.rec['received_at'])}  {style('#' + str(e.seq), fg='cyan')}  {e.rec['topic']}  {render.speaker(e.rec)}"
         click.echo(head)
         click.echo("    " + " ".join(hit["snippet"].split()))
 
@@ -82,9 +93,11 @@ def search_cmd(cfg, log, query, sender, topic, thread_id, kind, since, until, li
 @click.option("--list", "list_", is_flag=True, help="List threads instead (same as `threads`).")
 @replays_option
 @with_log_dir
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json: the records as JSON Lines.")
 @click.pass_context
-def thread_cmd(ctx, cfg, log, thread_id, fmt, max_tokens, list_, include_replays) -> None:
+def thread_cmd(ctx, cfg, log, thread_id, fmt, max_tokens, list_, include_replays, as_json) -> None:
     """One conversation, across every tool and agent, in recorded order."""
+    fmt = "json" if as_json else fmt
     if list_ or thread_id is None:
         return ctx.invoke(threads_cmd, log_dir=str(log.root), config_path=cfg.source, limit=100,
                           include_replays=include_replays, as_json=fmt == "json")
@@ -112,7 +125,7 @@ def threads_cmd(cfg, log, limit, include_replays, as_json) -> None:
     """Threads, most recently active first: first and last time, turns, participants."""
     listing(as_json, threads(open_index(require_log(log)), limit, include_replays),
             ["thread", "turns", "first", "last", "participants"],
-            lambda t: [t["thread_id"], t["turns"], ago(t["first_at"]), ago(t["last_at"]), ", ".join(t["participants"])],
+            lambda t: [t["thread_id"], t["turns"], when(t["first_at"]), when(t["last_at"]), ", ".join(t["participants"])],
             right=(1,))
 
 
@@ -123,10 +136,13 @@ def index_group() -> None:
 
 @index_group.command()
 @with_log_dir
-def rebuild(cfg, log) -> None:
+@json_option
+def rebuild(cfg, log, as_json) -> None:
     """Rebuild the search index from the JSONL (pausing a running daemon's indexer meanwhile)."""
     require_log(log)
     with log_progress(log, "indexing") as bar:
         count = index.rebuild(log, lambda done: bar.update(done - bar.pos))
         bar.update(bar.length - bar.pos)
+    if as_json:
+        return json_lines([{"indexed": count, "index": str(index.index_path(log))}])
     click.echo(f"indexed {count} records into {index.index_path(log)}")

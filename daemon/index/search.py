@@ -1,8 +1,11 @@
 """Queries over the search index: ranked full-text search, threads, one thread's records, and the
 records of the rows found read back from the JSONL (``entries``: the log is the truth, the index a map).
 
-FTS5 query syntax (words, "phrases", prefix*, AND/OR/NOT) is passed through;
-a query FTS5 rejects becomes a ``SearchIndexError`` with a one-line hint.
+FTS5 query syntax (words, "phrases", prefix*, AND/OR/NOT, column filters such as
+``sender:planner``) is passed through; a query FTS5 rejects (``client.py``,
+``fix-42``, ``retry -backoff``) is searched again as plain words (``plain_terms``):
+each one quoted, a leading ``-`` meaning NOT. Only a query that fails both ways
+becomes a ``SearchIndexError`` with a one-line hint.
 """
 
 from __future__ import annotations
@@ -54,9 +57,38 @@ class Filters:
         return "".join(f" AND {c}" for c in clauses), args
 
 
+def plain_terms(query: str) -> str:
+    """``query`` as plain words FTS5 always parses: each quoted (``client.py`` → ``"client.py"``), a word after
+    another led by ``-`` excluded (``retry -backoff`` → ``"retry" NOT "backoff"``)."""
+    wanted, unwanted = [], []
+    for word in query.split():
+        quoted = '"' + word.lstrip("-").replace('"', '""') + '"'
+        if word.startswith("-") and len(word) > 1 and wanted:
+            unwanted.append(quoted)
+        elif word.strip("-"):
+            wanted.append(quoted)
+    return " ".join(wanted) + "".join(f" NOT {u}" for u in unwanted) if wanted else '""'
+
+
 def search(db: sqlite3.Connection, query: str, filters: Filters, limit: int = 20,
            highlight: tuple[str, str] = ("", "")) -> list[dict[str, Any]]:
-    """Hits ranked by relevance (bm25), newest first among equals, each with a snippet."""
+    """Hits ranked by relevance (bm25), newest first among equals, each with a snippet; a query that is not
+    FTS5 syntax is searched as ``plain_terms``."""
+    try:
+        return _search(db, query, filters, limit, highlight)
+    except sqlite3.OperationalError as exc:
+        error = exc
+    try:
+        return _search(db, plain_terms(query), filters, limit, highlight)
+    except sqlite3.OperationalError:
+        raise SearchIndexError(
+            f"search query {query!r} is not valid FTS5 ({error}); use words, \"a phrase\", prefix*, AND/OR/NOT, "
+            "and quote words with punctuation"
+        ) from None
+
+
+def _search(db: sqlite3.Connection, query: str, filters: Filters, limit: int,
+            highlight: tuple[str, str]) -> list[dict[str, Any]]:
     where, args = filters.where()
     if not args:  # no filter narrows the matches: rank the newest RANK_WINDOW of them
         where += (" AND fts.rowid >= (SELECT min(rowid) FROM "
@@ -67,13 +99,7 @@ def search(db: sqlite3.Connection, query: str, filters: Filters, limit: int = 20
         "FROM fts JOIN records r ON r.seq = fts.rowid "
         f"WHERE fts MATCH ?{where} AND r.own = 0 ORDER BY rank, r.seq DESC LIMIT ?"
     )
-    try:
-        rows = db.execute(sql, [*highlight, query, *args, limit]).fetchall()
-    except sqlite3.OperationalError as exc:
-        raise SearchIndexError(
-            f"search query {query!r} is not valid FTS5 ({exc}); use words, \"a phrase\", prefix*, AND/OR/NOT, "
-            "and quote words with punctuation"
-        ) from None
+    rows = db.execute(sql, [*highlight, query, *args, limit]).fetchall()
     return [{"seq": s, "segment": seg, "offset": off, "snippet": snip, "rank": rank} for s, seg, off, snip, rank in rows]
 
 

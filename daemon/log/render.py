@@ -2,7 +2,8 @@
 and CSV (``export``).
 
 Shared by ``restore --print``, ``export``, ``thread`` and ``persist-launch``, so a
-conversation reads the same wherever it is printed. It formats; it never chooses records (``select`` does).
+conversation reads the same wherever it is printed, its times as ``times.show`` gives them (as ``recent``
+prints them). It formats; it never chooses records (``select`` does).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from persist.daemon.log import times
 from persist.daemon.log.reader import Entry
 from persist.daemon.log.record import decode_frames, is_system
 
@@ -77,12 +79,12 @@ def lines(entries: Iterable[Entry], fmt: str) -> Iterator[str]:
         for e in entries:
             kind = e.rec.get("meta", {}).get("kind")
             tail = f" · {kind}" if kind and kind != "other" else ""
-            yield f"### {speaker(e.rec)} · {e.rec['received_at']} · `{e.rec['topic']}`{tail}\n"
+            yield f"### {speaker(e.rec)} · {times.show(e.rec['received_at'])} · `{e.rec['topic']}`{tail}\n"
             yield payload_text(e.rec, e.line) + "\n"
         return
     yield "Conversation so far (oldest first):"
     for e in entries:
-        yield f"[{e.rec['received_at'][:19]}] {speaker(e.rec)}: {payload_text(e.rec, e.line)}"
+        yield f"[{times.show(e.rec['received_at'])}] {speaker(e.rec)}: {payload_text(e.rec, e.line)}"
 
 
 def export(entries: Iterable[Entry], fmt: str, out: TextIO) -> int:

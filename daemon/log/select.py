@@ -17,7 +17,7 @@ from persist.daemon.log.record import is_system
 
 def matches(rec: dict[str, Any], topic: str | tuple[str, ...] | None = None, sender: str | None = None,
             since: str | None = None, until: str | None = None, system: bool = True,
-            thread: str | None = None) -> bool:
+            thread: str | None = None, kind: str | None = None) -> bool:
     """The filters every reading command shares (``topic`` is a prefix, or any of several, like a subscription)."""
     if not system and is_system(rec):
         return False
@@ -28,16 +28,29 @@ def matches(rec: dict[str, Any], topic: str | tuple[str, ...] | None = None, sen
         return False
     if thread is not None and str(meta.get("thread_id")) != thread:
         return False
+    if kind is not None and str(meta.get("kind")) != kind:
+        return False
     if since is not None and rec["received_at"] < since:
         return False
     return until is None or rec["received_at"] <= until
 
 
-def recent(log: LogDir, count: int, follow: bool = False, **filters: Any) -> Iterator[reader.Entry]:
-    """The last ``count`` records that ``matches(filters)``, oldest first, read from the tail (instant on a huge
-    log); then, with ``follow``, each new matching one as it is written, until the caller stops."""
-    wanted = (e for e in reader.records_backward(log) if matches(e.rec, **filters))
-    yield from list(islice(wanted, count))[::-1]
+def _back_to(entries: Iterable[reader.Entry], since: str | None) -> Iterator[reader.Entry]:
+    """``entries`` (newest first) until one older than ``since``: a reader from the tail stops there."""
+    for e in entries:
+        if since is not None and e.rec.get("received_at", "") < since:
+            return
+        yield e
+
+
+def recent(log: LogDir, count: int, follow: bool = False, reverse: bool = False,
+           **filters: Any) -> Iterator[reader.Entry]:
+    """The last ``count`` records that ``matches(filters)``, oldest first (newest first with ``reverse``), read
+    from the tail (instant on a huge log; with ``since`` it stops reading there); then, with ``follow``, each new
+    matching one as it is written, until the caller stops."""
+    newest_first = _back_to(reader.records_backward(log), filters.get("since"))
+    wanted = list(islice((e for e in newest_first if matches(e.rec, **filters)), count))
+    yield from wanted if reverse else wanted[::-1]
     if not follow:
         return
     from persist.daemon.log.follow import follow as follow_log  # watchdog only where it is needed
