@@ -109,13 +109,19 @@ def _create_private(output: str, perms: int):
 
 @click.command("verify")
 @with_log_dir
-def verify_cmd(cfg, log) -> None:
-    """Check every line is a whole record, seq is continuous, and every checkpoint holds."""
+@json_option
+def verify_cmd(cfg, log, as_json) -> None:
+    """Check every line is a whole record, seq is continuous, and every checkpoint holds (exit 1 if not)."""
     from persist.daemon.log.verify import verify
 
     require_log(log)
     with log_progress(log, "verifying") as bar:
         problems, records = verify(log, bar.update)
+    if as_json:
+        json_lines([{"ok": not problems, "records": records, "problems": problems}])
+        if problems:
+            sys.exit(1)
+        return
     for p in problems:
         click.echo(style("✗ ", fg="red") + p)
     if problems:
@@ -125,7 +131,8 @@ def verify_cmd(cfg, log) -> None:
 
 @click.command()
 @with_log_dir
-def recover(cfg, log) -> None:
+@json_option
+def recover(cfg, log, as_json) -> None:
     """Repair what a crash left and bring the search index up to date (what the daemon does at start)."""
     from persist.daemon import index
 
@@ -137,6 +144,13 @@ def recover(cfg, log) -> None:
         finished = restore.finish_interrupted(log)
         repaired = repair_tail(log.active, log.recovery)
         indexed = index.update(log)
+    if as_json:
+        return json_lines([{
+            "finished_restore": finished,
+            "repaired": None if repaired is None else {"file": str(log.active), "torn_bytes": repaired.bytes,
+                                                       "quarantined": str(repaired.quarantined)},
+            "indexed": indexed,
+        }])
     if finished is not None:
         click.echo(f"finished the interrupted restore of checkpoint {finished['checkpoint']} "
                    f"(set aside in {log.root / finished['archived_to']})")

@@ -7,7 +7,16 @@ import sys
 import click
 import zmq
 
-from persist.cli.common import Failure, UsageError, json_lines, parse_when, progress, require_log, with_log_dir
+from persist.cli.common import (
+    Failure,
+    UsageError,
+    json_lines,
+    json_option,
+    parse_when,
+    progress,
+    require_log,
+    with_log_dir,
+)
 from persist.daemon.config import ENDPOINT
 from persist.daemon.log import checkpoints
 from persist.daemon.replay import ReplayError, Selection, announced, ready_socket, send
@@ -15,8 +24,8 @@ from persist.daemon.replay import ReplayError, Selection, announced, ready_socke
 
 @click.command()
 @click.option("--checkpoint", "checkpoint_id", metavar="ID", help="Replay what was recorded after checkpoint ID.")
-@click.option("--since", help="ISO time or a duration ago (15m, 2h).")
-@click.option("--until", help="ISO time or a duration ago.")
+@click.option("--since", help="From this time: local (2026-11-24 19:22, 19:22), zoned ISO, 2h, today.")
+@click.option("--until", help="Up to this time (same forms as --since).")
 @click.option("--topic", "topics", multiple=True, help="Topic prefix (repeatable).")
 @click.option("--sender")
 @click.option("--thread", "thread_id")
@@ -29,8 +38,9 @@ from persist.daemon.replay import ReplayError, Selection, announced, ready_socke
 @click.option("--wait", type=float, default=10.0, show_default=True, help="Seconds to wait for a subscriber.")
 @click.option("--dry-run", is_flag=True, help="Print what would be sent (JSON Lines), send nothing.")
 @with_log_dir
+@json_option
 def replay(cfg, log, checkpoint_id, since, until, topics, sender, thread_id, endpoint, bind, rate, as_fast, wait,
-           dry_run) -> None:
+           dry_run, as_json) -> None:
     """Publish recorded messages again, byte for byte, in recorded order (never $persist/ records)."""
     require_log(log)
     if not ENDPOINT.match(endpoint):
@@ -43,6 +53,8 @@ def replay(cfg, log, checkpoint_id, since, until, topics, sender, thread_id, end
         return
     total = sum(1 for _ in selection.entries(log))
     if total == 0:
+        if as_json:
+            return json_lines([{"replayed": 0, "to": endpoint}])
         click.echo("nothing to replay for that selection", err=True)
         return
     ctx = zmq.Context()
@@ -58,6 +70,9 @@ def replay(cfg, log, checkpoint_id, since, until, topics, sender, thread_id, end
             except KeyboardInterrupt:
                 click.echo(f"\nreplay stopped after {bar.pos} of {total} messages", err=True)
                 sys.exit(130)
-        click.echo(f"replayed {n} messages to {endpoint}", err=True)
+        if as_json:
+            json_lines([{"replayed": n, "to": endpoint}])
+        else:
+            click.echo(f"replayed {n} messages to {endpoint}", err=True)
     finally:
         ctx.destroy(linger=5000)
