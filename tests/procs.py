@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import zmq
 
 from persist.daemon.control import ControlError, ask
@@ -19,6 +20,10 @@ from persist.daemon.log import reader
 from persist.daemon.log.layout import LogDir
 
 BIN = Path(sys.executable).parent
+
+# A test that loads the CPU (a flood, a burst, chaos) or times what it watches: they all go to one
+# worker (``--dist loadgroup``), so no two of them ever run at once within a run.
+heavy = pytest.mark.xdist_group("heavy")
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from persist.daemon.log import reader
-from procs import Daemon, Publisher, memory_mb, process_gone, run, wait_for
+from procs import Daemon, Publisher, heavy, memory_mb, process_gone, run, wait_for
 
 MIXED = [
     [b"agent.chat", b'{"sender":"claude_code","recipient":"gemini_cli","thread_id":"t-1","kind":"request","text":"review this"}'],
@@ -36,6 +36,7 @@ def user_frames(daemon):
     return [e.frames() for e in daemon.user_records()]
 
 
+@heavy
 def test_records_every_kind_of_message_exactly_once_byte_for_byte(start_daemon, publish):
     daemon = start_daemon()
     pubs = [publish() for _ in range(3)]
@@ -68,6 +69,7 @@ def test_enrichment_from_the_payload(recorder):
     daemon.stop()
 
 
+@heavy
 def test_sigterm_drains_everything_queued_within_five_seconds(recorder):
     daemon, p = recorder()
     n = 30_000
@@ -243,6 +245,7 @@ def segment_syscalls(trace_text: str, segment: str) -> list[tuple[str, str]]:
     return events
 
 
+@heavy
 @pytest.mark.skipif(not strace_runs(), reason="strace is missing or may not trace on this machine")
 def test_fsync_always_syncs_every_batch_before_the_next_and_bind_mode(workdir, ctx):
     """Watched from outside with strace: every write of the active segment is followed by a
@@ -301,6 +304,7 @@ def test_fsync_always_syncs_every_batch_before_the_next_and_bind_mode(workdir, c
     assert not unsynced, "the last write was never fsynced"
 
 
+@heavy
 def test_several_publishers_in_parallel_lose_nothing(start_daemon, publish):
     daemon = start_daemon()
     pubs = [publish() for _ in range(4)]
@@ -332,6 +336,7 @@ def test_rotation_by_age(recorder):
     assert [e.seq for e in daemon.records()] == list(range(1, len(daemon.records()) + 1))
 
 
+@heavy
 def test_memory_a_burst_took_is_given_back(recorder):
     daemon, p = recorder()
     before = memory_mb(daemon.proc.pid, "VmRSS")
@@ -364,6 +369,7 @@ def test_a_log_that_cannot_be_written_never_stops_recording(broker, publish, log
         daemon.proc.wait(10)
 
 
+@heavy
 def test_reloads_under_load_lose_nothing(recorder):
     daemon, p = recorder()
     n = 20_000
@@ -377,6 +383,7 @@ def test_reloads_under_load_lose_nothing(recorder):
     daemon.stop()
 
 
+@heavy
 def test_a_storm_of_stop_signals_stops_the_daemon_cleanly(recorder):
     """Hundreds of SIGTERM/SIGINT while a burst is being written: exit 0, every record kept, a stop record."""
     daemon, p = recorder()

@@ -15,7 +15,7 @@ import zmq
 
 from persist.daemon.log.record import MAX_DEPTH, decode_frames, frames_sha256, is_system
 from libdir import cli
-from procs import Daemon, eventually, memory_mb, wait_for
+from procs import Daemon, eventually, heavy, memory_mb, wait_for
 
 HOSTILE = [
     [b"deep.newline", b"[" * 300 + b"\n1" + b"]" * 300],  # killed the daemon (orjson.dumps recursion)
@@ -45,6 +45,7 @@ def lines_parse_and_serialise(log) -> None:
 
 
 
+@heavy
 def test_no_message_stops_the_recorder_or_breaks_a_reader(recorder):
     daemon, p = recorder()
     for frames in HOSTILE:
@@ -98,6 +99,7 @@ def test_a_forged_stop_record_does_not_hide_a_crash(recorder):
     assert b"$persist/stop" in dry.stdout.encode(), "replay sends the publisher's message like any other"
 
 
+@heavy
 def test_memory_is_bounded_in_bytes_whatever_topics_and_sizes(recorder):
     daemon, p = recorder()
     pid = daemon.daemon_pid()
@@ -112,6 +114,7 @@ def test_memory_is_bounded_in_bytes_whatever_topics_and_sizes(recorder):
     assert peak < 700, f"peak {peak:.0f} MB (was 982 MB for 16 x 16 MiB)"
 
 
+@heavy
 def test_sigterm_counts_what_it_cannot_drain(workdir, ctx):
     daemon = Daemon(workdir / "logs", "--bind", "tcp://127.0.0.1:*", "--fsync", "off").start()
     endpoint = daemon.status()["endpoints"][0]

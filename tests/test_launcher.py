@@ -18,7 +18,7 @@ from libdir import run_cli
 from persist.agent.launcher import DaemonStartError, ensure_daemon
 from persist.daemon.log import lock, reader
 from persist.daemon.log.layout import LogDir
-from procs import BIN, Daemon, process_gone, read_until, run, wait_for
+from procs import BIN, Daemon, heavy, process_gone, read_until, run, wait_for
 
 AGENT = textwrap.dedent("""
     import sys
@@ -178,6 +178,7 @@ def test_publisher_first_messages_are_not_lost(start_daemon, broker):
     assert not any(e.rec["topic"] == "$persist/gap" for e in daemon.records())
 
 
+@heavy
 def test_sd_notify_ready_watchdog_stopping(workdir, broker):
     path = str(workdir / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -229,6 +230,7 @@ def test_unit_files(unit, workdir):
         assert result.returncode == 0 and str(local) not in result.stderr, result.stderr
 
 
+@heavy
 def test_install_systemd_user_is_idempotent_and_uninstalls_keeping_data(workdir):
     home = workdir / "home"
     home.mkdir()

@@ -18,7 +18,7 @@ from persist.daemon.log.follow import follow
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.record import frames_sha256
 from libdir import cli
-from procs import run, wait_for
+from procs import heavy, run, wait_for
 
 
 def cli_process(log_dir, *args, **kw):
@@ -57,6 +57,7 @@ def written_log(root, lines: list[bytes]) -> LogDir:
 # --- item 8: every reader sees a consistent log while the daemon rotates -----------------------
 
 
+@heavy
 def test_export_and_search_never_skip_or_misplace_a_record_while_segments_rotate(recorder):
     daemon, p = recorder("[storage]\nrotate_bytes = 40000\n")
     stop = threading.Event()

@@ -20,7 +20,7 @@ import zmq
 
 from libdir import Built, cli
 from persist.daemon import index
-from procs import BIN, eventually, process_gone, short_tmpdir, wait_for
+from procs import BIN, eventually, heavy, process_gone, short_tmpdir, wait_for
 
 
 def hits(log_dir, *args):
@@ -94,6 +94,7 @@ def talk_live(recorder):
     return daemon, p
 
 
+@heavy
 def test_a_word_published_a_second_ago_is_found(talk_live):
     daemon, p = talk_live
     p.send(b"agent.chat", b'{"sender":"claude","text":"the word is xylophone"}')
@@ -166,7 +167,7 @@ def test_missing_index_says_to_rebuild_and_rebuild_works(workdir):
     for p in index.index_dir(log).glob("index.sqlite*"):
         p.unlink()
     result = cli(log.root, "search", "backoff")
-    assert result.returncode == 1 and "index rebuild" in result.stderr
+    assert result.returncode == 0 and "backoff" in result.stdout, "no indexer at work: search makes the index itself"
     assert cli(log.root, "index", "rebuild").returncode == 0
     assert len(hits(log.root, "backoff")) == 2
 
@@ -181,6 +182,7 @@ def test_index_rebuild_while_the_daemon_records(talk_live):
     assert len(hits(daemon.log_dir, "backoff")) == 2
 
 
+@heavy
 def test_indexer_killed_mid_way_resumes_without_duplicates(recorder):
     daemon, p = recorder()
     n = 20_000
@@ -303,6 +305,7 @@ def replay_arrivals(ctx, log_dir, *args, n):
     return got
 
 
+@heavy
 def test_replay_is_paced_by_the_recorded_gaps_divided_by_rate(workdir, ctx):
     built = Built(workdir / "logs", step=0.6)
     for i in range(5):  # recorded 0.6 s apart

@@ -12,7 +12,9 @@ import pytest
 from chaoslib import ROUNDS, Load
 from persist.daemon.log import reader
 from persist.daemon.log.reader import lines_forward
-from procs import BIN, run, wait_for
+from procs import BIN, heavy, run, wait_for
+
+pytestmark = heavy  # under load by design: never beside another heavy test
 
 
 def snapshot(daemon) -> dict[str, tuple[int, str]]:
