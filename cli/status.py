@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
@@ -25,25 +28,57 @@ from persist.cli.common import (
     with_log_dir,
 )
 from persist.daemon import config
-from persist.daemon.log import lock, reader, stats
-from persist.daemon.log.fsutil import cannot_write, too_open
+from persist.daemon.log import lock, stats
+from persist.daemon.log.fsutil import cannot_write
 from persist.daemon.log.layout import LogDir
+
+
+NOT_RECORDING = 3  # `status` when no daemon records, as `systemctl is-active` says "inactive"
 
 
 @click.command()
 @with_log_dir
 @json_option
 def status(cfg, log, as_json) -> None:
-    """Is the daemon recording? pid, uptime, records, rate, last checkpoint, disk, gaps."""
+    """Is the daemon recording, and reaching its broker? pid, uptime, records, rate, last checkpoint, disk, gaps.
+
+    Exits 3 when no daemon is recording (as `systemctl is-active`)."""
+    if not log.root.exists():
+        message = f"log dir {log.root} does not exist; pass --log-dir or set PERSIST_LOG_DIR"
+        if as_json:
+            json_lines([{"running": False, "log_dir": str(log.root), "exists": False, "error": message}])
+        else:
+            click.echo(f"persist-cli: not recording: {message}", err=True)
+        raise click.exceptions.Exit(NOT_RECORDING)
     info = stats.summary(require_log(log), live := daemon_status(log))
+    info.setdefault("bus", [])
     if as_json:
-        return json_lines([info])
-    if live:
+        json_lines([info])
+    else:
+        _print_status(info, live)
+    if not live:
+        raise click.exceptions.Exit(NOT_RECORDING)
+
+
+def reaching(bus: list[dict]) -> bool:
+    """The daemon hears its bus: an endpoint is connected to a broker, or bound and listening."""
+    return any(e.get("state") in ("connected", "listening") for e in bus)
+
+
+def _print_status(info: dict, live: dict | None) -> None:
+    bus = info["bus"]
+    if not live:
+        state = style("○ not running", fg="yellow") + "  (start it: persist-daemon)"
+    elif reaching(bus) or not bus:
         state = style("● recording", fg="green") + f"  pid {live['pid']}, up {live['uptime_s']:.0f} s"
     else:
-        state = style("○ not running", fg="yellow") + "  (start it: persist-daemon)"
-    rows = [
-        ["daemon", state],
+        since = min((e["since"] for e in bus if e.get("since")), default=None)
+        state = (style("▲ running, NOT reaching the broker", fg="red", bold=True)
+                 + f" since {ago(since)}  pid {live['pid']}: nothing is recorded from the bus until it does")
+    rows = [["daemon", state]]
+    for e in bus:
+        rows.append(["bus", f"{e['endpoint']}  {_endpoint_state(e)}"])
+    rows += [
         ["log dir", info["log_dir"]],
         ["records", f"last seq {info['last_seq']}, newest {ago(info['last_record_at'])}"],
     ]
@@ -57,12 +92,32 @@ def status(cfg, log, as_json) -> None:
     fields(rows, 12, bold=True)
 
 
+def _endpoint_state(e: dict) -> str:
+    state = e.get("state")
+    last = f"; last message {ago(e['last_message_at'])}" if e.get("last_message_at") else "; no message yet"
+    if state == "connected":
+        return style("connected", fg="green") + f" since {ago(e.get('since'))}{last}"
+    if state == "listening":
+        return style("listening", fg="green") + f" since {ago(e.get('since'))}{last}"
+    return style(f"{state}: not reaching the broker", fg="red") + f" since {ago(e.get('since'))}{last}"
+
+
 def _check_modes(log) -> tuple[bool, str]:
-    dirs = [log.root, log.segments, log.checkpoints, log.recovery]
-    bad = too_open(dirs + [seg.path for seg, _ in reader.sizes(log)])
+    """Every directory in the log dir 0700 and every file 0600 (sockets: no access for others)."""
+    bad, count = [], 0
+    for parent, dirs, names in os.walk(log.root):
+        for path in [Path(parent)] + [Path(parent) / n for n in names]:
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            count += 1
+            allowed = 0o700 if stat.S_ISDIR(st.st_mode) or stat.S_ISSOCK(st.st_mode) else 0o600
+            if stat.S_IMODE(st.st_mode) & ~allowed:
+                bad.append(f"{path.relative_to(log.root)} ({stat.S_IMODE(st.st_mode):o})")
     if bad:
-        return False, f"too open: {', '.join(map(str, bad[:3]))} — chmod 700 dirs, 600 files"
-    return True, "directories 0700, files 0600"
+        return False, f"too open: {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} — chmod 700 dirs, 600 files"
+    return True, f"directories 0700, files 0600 (all {count} checked)"
 
 
 def _check_writable(log) -> tuple[bool, str]:
@@ -74,9 +129,22 @@ def _check_writable(log) -> tuple[bool, str]:
 
 
 def _check_endpoint(endpoint: str) -> tuple[bool, str]:
+    """Connect to ``endpoint`` (TCP, or an ipc socket) and let go at once."""
     parts = urlsplit(endpoint)
+    if parts.scheme == "ipc":
+        path = endpoint[len("ipc://"):]
+        address = "\0" + path[1:] if path.startswith("@") else path
+        if not path.startswith("@") and not os.path.exists(path):
+            return False, f"{endpoint}: no socket at {path} — start a broker there: persist-cli broker"
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(1.0)
+                sock.connect(address)
+            return True, f"{endpoint} accepts connections"
+        except OSError as exc:
+            return False, f"{endpoint} refuses connections ({exc.strerror or exc}) — is its broker running?"
     if parts.scheme != "tcp":
-        return True, f"{endpoint} (not TCP: not probed)"
+        return True, f"{endpoint} ({parts.scheme}: cannot be probed from here; see persist-cli status)"
     host = "127.0.0.1" if parts.hostname in ("*", None) else parts.hostname
     try:
         with socket.create_connection((host, parts.port), timeout=1.0):
@@ -85,21 +153,41 @@ def _check_endpoint(endpoint: str) -> tuple[bool, str]:
         return False, f"{endpoint} unreachable ({exc.strerror or exc}) — start a broker: persist-cli broker"
 
 
+def _check_bus(e: dict) -> tuple[bool, str]:
+    """One endpoint of the running daemon, as the daemon sees it."""
+    if e.get("state") == "connected":
+        return True, f"{e['endpoint']} connected since {ago(e.get('since'))} (the running daemon's)"
+    if e.get("state") == "listening":
+        return True, f"{e['endpoint']} bound and listening (the running daemon's)"
+    ok, detail = _check_endpoint(e["endpoint"])
+    return False, (f"the running daemon is not reaching {e['endpoint']} ({e.get('state')} since {ago(e.get('since'))}); "
+                   + ("it accepts connections from here: check the daemon's log" if ok else detail))
+
+
 @click.command()
 @click.option("--config", "config_path", metavar="FILE", help="TOML config file.")
 @click.option("--log-dir", metavar="DIR", help="The log dir (env PERSIST_LOG_DIR).")
-def doctor(config_path, log_dir) -> None:
+@json_option
+def doctor(config_path, log_dir, as_json) -> None:
     """Check config, log dir, permissions, disk space, daemon and broker; one line each."""
     checks = list(_checks(config_path, log_dir))
-    for name, ok, detail in checks:
-        mark = style("✓", fg="green") if ok else style("✗", fg="red")
-        click.echo(f"{mark} {name:<12} {detail}")
+    if as_json:
+        json_lines({"check": name, "ok": ok, "detail": detail} for name, ok, detail in checks)
+    else:
+        for name, ok, detail in checks:
+            mark = style("✓", fg="green") if ok else style("✗", fg="red")
+            click.echo(f"{mark} {name:<12} {detail}")
     if not all(ok for _, ok, _ in checks):
+        if as_json:
+            raise click.exceptions.Exit(1)
         raise Failure(f"{sum(not ok for _, ok, _ in checks)} check(s) failed")
 
 
 def _checks(config_path: str | None, log_dir: str | None) -> Iterator[tuple[str, bool, str]]:
-    """``(what, ok, detail and what to do)`` for each thing ``doctor`` looks at."""
+    """``(what, ok, detail and what to do)`` for each thing ``doctor`` looks at.
+
+    The broker is checked at the endpoints the running daemon uses (its ``status``), or the config's
+    when none runs."""
     try:
         cfg = config.load(config_path, config.flags(log_dir))
         yield "config", True, f"valid ({cfg.source or 'defaults'})"
@@ -107,19 +195,25 @@ def _checks(config_path: str | None, log_dir: str | None) -> Iterator[tuple[str,
         yield "config", False, f"{exc} — fix it, then persist-daemon --check-config"
         cfg = config.Config()
     log = LogDir(cfg.log_dir)
+    live = None
     yield "log dir", *_check_writable(log)
     if log.root.exists():
         yield "permissions", *_check_modes(log)
         free = shutil.disk_usage(log.root).free
         yield "disk space", free > 1 << 30, f"{size(free)} free" + (
             "" if free > 1 << 30 else " — under 1 GiB: free space or move --log-dir")
-        yield "daemon", *_check_daemon(log)
-    for endpoint in cfg.daemon.connect:
-        yield "broker", *_check_endpoint(endpoint)
+        live = daemon_status(log)
+        yield "daemon", *_check_daemon(log, live)
+    if live and live.get("bus"):
+        for e in live["bus"]:
+            yield "broker", *_check_bus(e)
+    else:
+        for endpoint in cfg.daemon.connect:
+            yield "broker", *_check_endpoint(endpoint)
 
 
-def _check_daemon(log) -> tuple[bool, str]:
-    if live := daemon_status(log):
+def _check_daemon(log, live: dict | None) -> tuple[bool, str]:
+    if live:
         return True, f"recording, pid {live['pid']}, {live['rate']:.1f} msg/s"
     if lock.is_locked(log):
         return False, f"pid {lock.holder_pid(log)} holds the lock but does not answer — check its log"
