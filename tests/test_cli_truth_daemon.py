@@ -1,0 +1,79 @@
+"""What persist-cli shows about a running daemon must be true (issue 12), against real daemons:
+status and doctor say whether it reaches its broker, at the endpoints it really uses; a restore that
+stopped a daemon starts it again; the daemon refuses a checkpoint label that is taken."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+from libdir import cli
+from persist.daemon.control import ask
+from procs import eventually, process_gone, run
+
+
+def test_status_says_when_the_daemon_does_not_reach_its_broker(lone_daemon):
+    daemon = lone_daemon()  # connects to a port where no broker listens
+    human = cli(daemon.log_dir, "status")
+    assert human.returncode == 0 and "● recording" not in human.stdout, human.stdout
+    assert "NOT reaching the broker" in human.stdout and "tcp://127.0.0.1:9" in human.stdout
+    data = json.loads(cli(daemon.log_dir, "status", "--json").stdout)
+    assert [e["state"] for e in data["bus"]] in (["connecting"], ["disconnected"])
+    doctor = cli(daemon.log_dir, "doctor", "--json")
+    broker = [c for c in map(json.loads, doctor.stdout.splitlines()) if c["check"] == "broker"]
+    assert len(broker) == 1 and not broker[0]["ok"] and "tcp://127.0.0.1:9" in broker[0]["detail"]
+    daemon.stop()
+    stopped = cli(daemon.log_dir, "status", "--json")
+    assert stopped.returncode == 3 and json.loads(stopped.stdout)["running"] is False
+    assert cli(daemon.log_dir, "status").returncode == 3
+    missing = cli(daemon.log_dir / "nowhere", "status", "--json")
+    assert missing.returncode == 3 and json.loads(missing.stdout) == {
+        "running": False, "log_dir": str(daemon.log_dir / "nowhere"), "exists": False,
+        "error": json.loads(missing.stdout)["error"]}
+
+
+def test_status_and_doctor_use_the_running_daemons_endpoint(start_daemon, broker):
+    daemon = start_daemon()  # --connect the test broker, on a free port: not the config's default
+    connected = eventually(lambda: [e for e in daemon.status()["bus"] if e["state"] == "connected"])
+    assert connected, daemon.status()["bus"]
+    human = cli(daemon.log_dir, "status")
+    assert "● recording" in human.stdout and f"{broker.backend}  connected since" in human.stdout
+    doctor = cli(daemon.log_dir, "doctor")
+    assert doctor.returncode == 0, doctor.stdout
+    assert f"✓ broker       {broker.backend} connected" in doctor.stdout
+    assert "5555" not in doctor.stdout, "the config's default endpoint is not the daemon's"
+
+
+def test_restore_stop_daemon_says_so_and_starts_it_again(lone_daemon):
+    daemon = lone_daemon()
+    assert cli(daemon.log_dir, "checkpoints", "create", "--label", "here").returncode == 0
+    assert cli(daemon.log_dir, "checkpoints", "create", "--label", "later").returncode == 0
+    old = daemon.daemon_pid()
+    result = run("persist-cli", "restore", "here", "--stop-daemon", "--log-dir", str(daemon.log_dir))
+    new = None
+    try:
+        assert result.returncode == 0, result.stderr
+        assert f"recording stopped: the daemon (pid {old}) was stopped" in result.stdout
+        assert "recording again" in result.stdout, result.stdout
+        assert daemon.proc.wait(10) == 0
+        new = ask(daemon.log.control_endpoint, "status")["pid"]
+        assert new != old and str(new) in result.stdout
+        argv = open(f"/proc/{new}/cmdline", "rb").read().split(b"\0")[:-1]
+        assert [a.decode() for a in argv[-len(daemon.args):]] == [str(a) for a in daemon.args], \
+            "started again with the same command line"
+    finally:
+        if new:
+            os.kill(new, signal.SIGTERM)
+            eventually(lambda: process_gone(new))
+
+
+def test_the_daemon_refuses_a_taken_checkpoint_label(lone_daemon):
+    daemon = lone_daemon()
+    first = ask(daemon.log.control_endpoint, "checkpoint offline", timeout_ms=30000)
+    assert first["ok"], first
+    again = ask(daemon.log.control_endpoint, "checkpoint offline", timeout_ms=30000)
+    assert not again["ok"] and "already names" in again["error"]
+    refused = cli(daemon.log_dir, "checkpoints", "create", "--label", "offline")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert cli(daemon.log_dir, "checkpoints", "show", "offline").returncode == 0
