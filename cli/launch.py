@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from persist.agent.launcher import DaemonStartError, ensure_daemon
-from persist.daemon.log.restore import context_file
+from persist.daemon.log.restore import write_context
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 
@@ -28,16 +28,16 @@ def fail(code: int, message: str) -> None:
     sys.exit(code)
 
 
-def restored_context(log) -> Path | None:
-    """Let the user pick a checkpoint; write its conversation for the agent to read."""
-    from persist.cli.menu import Keys, pick_checkpoint
+def restored_context(log, max_tokens: int) -> Path | None:
+    """Let the user pick a checkpoint; write its newest turns that fit ``max_tokens`` for the agent to read."""
+    from persist.cli.menu import pick_checkpoint
 
-    with Keys() as keys:
-        manifest = pick_checkpoint(keys, log, "Start from which checkpoint? (q: start fresh)")
+    manifest = pick_checkpoint(log, "Start from which checkpoint? (q: start fresh)")
     if manifest is None:
         return None
-    path = context_file(log, manifest)
-    click.echo(f"persist-launch: context of {manifest['id']} in {path}", err=True)
+    path, left_out = write_context(log, manifest, max_tokens or None)
+    note = f" ({left_out} earlier turn(s) left out to fit {max_tokens} tokens; --max-tokens 0 for all)" if left_out else ""
+    click.echo(f"persist-launch: context of {manifest['id']} in {path}{note}", err=True)
     return path
 
 
@@ -47,8 +47,10 @@ def restored_context(log) -> Path | None:
 @click.option("--name", metavar="NAME", help="The agent's name in presence records (default: the command's name).")
 @click.option("--connect", multiple=True, metavar="ENDPOINT", help="Broker endpoint, if the daemon must be started.")
 @click.option("--config", "config_path", metavar="FILE", help="TOML config file.")
+@click.option("--max-tokens", type=click.IntRange(min=0), default=8000, show_default=True,
+              help="With --menu: the newest turns that fit this budget go to the agent (0: all).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def main(menu_, log_dir, name, connect, config_path, command) -> None:
+def main(menu_, log_dir, name, connect, config_path, max_tokens, command) -> None:
     """Start persist-daemon if needed, run COMMAND as a recorded agent, exit with its code."""
     program = shutil.which(command[0])
     if program is None:
@@ -60,7 +62,7 @@ def main(menu_, log_dir, name, connect, config_path, command) -> None:
     env = dict(os.environ, PERSIST_LOG_DIR=str(handle.log_dir))
     try:
         if menu_ and sys.stdin.isatty() and sys.stdout.isatty():
-            context = restored_context(handle.log)
+            context = restored_context(handle.log, max_tokens)
             if context is not None:
                 env["PERSIST_RESTORED_CONTEXT"] = str(context)
         child = subprocess.Popen([program, *command[1:]], env=env)

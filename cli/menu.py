@@ -1,108 +1,99 @@
 """``persist-cli menu`` (and a bare ``persist-cli`` on a terminal): the interactive front door.
 
 Arrow keys (or j/k) and Enter, or a typed number; q, Esc or Ctrl-C go back.
-The terminal is in cbreak mode (keys arrive one by one, however fast they are
-typed or pasted) only while the menu waits for a key, and is always restored
-however the menu ends, Ctrl-C included.
+Drawn with prompt_toolkit (imported only here, so the other commands start
+fast): each list redraws in place as the selection moves and is erased once
+a choice is made, the main menu comes back with the same item selected,
+resizing and ``NO_COLOR`` are handled, and the terminal is restored however
+the menu ends. A pager hands back straight to the menu; other commands' output
+stays on screen until a key is pressed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-import termios
-import tty
 
 import click
 
-from persist.cli.checkpoints import restore_cmd
 from persist.cli.common import ago, require_log, with_log_dir
-from persist.cli.read import recent
-from persist.cli.search import search_cmd
-from persist.cli.status import status
-from persist.daemon.log import checkpoints, render
+from persist.daemon.log import checkpoints, lock, render
 from persist.daemon.log.select import conversation_upto
 
-UP, DOWN = ("\x1b[A", "k"), ("\x1b[B", "j")
-BACK = ("q", "\x1b")
+STYLE = {"title": "bold", "selected": "reverse", "marker": "ansicyan bold", "hint": "ansibrightblack"}
 
 
-class Keys:
-    """Key presses from the terminal, with arrow-key escape sequences kept whole."""
+def _app(text, keys, **kw):
+    """A small prompt_toolkit application drawn below the cursor (not full screen), erased when done."""
+    os.environ.setdefault("PROMPT_TOOLKIT_NO_CPR", "1")  # the menu never needs to know the space below it
+    from prompt_toolkit.application import Application
+    from prompt_toolkit.layout import FormattedTextControl, Layout, Window
+    from prompt_toolkit.styles import Style
 
-    def __enter__(self) -> Keys:
-        if not sys.stdin.isatty():
-            raise click.UsageError("the menu needs a terminal; use the commands directly in scripts")
-        self.fd = sys.stdin.fileno()
-        self.saved = termios.tcgetattr(self.fd)
-        self.buf = b""
-        tty.setcbreak(self.fd)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
-
-    @contextlib.contextmanager
-    def cooked(self):
-        """The normal terminal mode, for prompts, pagers and other commands."""
-        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
-        try:
-            yield
-        finally:
-            tty.setcbreak(self.fd)
-            self.buf = b""
-
-    def get(self) -> str:
-        while not self.buf:
-            self.buf = os.read(self.fd, 64)
-            if not self.buf:
-                raise EOFError
-        n = 3 if self.buf.startswith(b"\x1b[") and len(self.buf) >= 3 else 1
-        key, self.buf = self.buf[:n], self.buf[n:]
-        return key.decode(errors="replace")
+    return Application(layout=Layout(Window(FormattedTextControl(text, show_cursor=False), wrap_lines=False)),
+                       key_bindings=keys, style=Style.from_dict(STYLE), full_screen=False, erase_when_done=True,
+                       **kw)
 
 
-def choose(keys: Keys, title: str, options: list[str]) -> int | None:
-    """The index the user picks, or None if they back out."""
+def choose(title: str, options: list[str], selected: int = 0) -> int | None:
+    """The index the user picks (starting on ``selected``), or None if they back out."""
     if not options:
         return None
-    idx, typed = 0, ""
-    drawn = 0
-    while True:
-        if drawn:
-            click.echo(f"\x1b[{drawn}F\x1b[J", nl=False)  # back to the top of the menu, clear below
-        lines = [click.style(title, bold=True)]
+    from prompt_toolkit.key_binding import KeyBindings
+
+    state = {"idx": min(selected, len(options) - 1), "typed": ""}
+    keys = KeyBindings()
+
+    def move(step: int):
+        def handler(event) -> None:
+            state["idx"], state["typed"] = (state["idx"] + step) % len(options), ""
+        return handler
+
+    for key in ("up", "k", "c-p"):
+        keys.add(key)(move(-1))
+    for key in ("down", "j", "c-n"):
+        keys.add(key)(move(+1))
+    keys.add("enter")(lambda event: event.app.exit(result=state["idx"]))
+    for key in ("q", "escape", "c-c", "c-d"):
+        keys.add(key)(lambda event: event.app.exit(result=None))
+
+    @keys.add("<any>")
+    def digit(event) -> None:
+        key = event.data
+        if not key.isdigit():
+            return
+        typed = state["typed"] + key
+        n = int(typed)
+        if 1 <= n <= len(options):
+            state["idx"], state["typed"] = n - 1, typed
+            if n * 10 > len(options):  # no longer number starts with these digits
+                event.app.exit(result=n - 1)
+        else:
+            state["typed"] = ""
+
+    def text():
+        lines = [("class:title", title + "\n")]
         for i, option in enumerate(options):
-            marker = click.style("›", fg="cyan") if i == idx else " "
-            lines.append(f"{marker} {i + 1:>2}. {option}")
-        lines.append(click.style("↑/↓ Enter, or type a number · q back" + (f" · typed {typed}" if typed else ""), dim=True))
-        click.echo("\n".join(lines))
-        drawn = len(lines)
-        try:
-            key = keys.get()
-        except (KeyboardInterrupt, EOFError):
-            return None
-        if key in UP:
-            idx, typed = (idx - 1) % len(options), ""
-        elif key in DOWN:
-            idx, typed = (idx + 1) % len(options), ""
-        elif key in ("\r", "\n"):
-            return idx
-        elif key in BACK or key == "\x03":
-            return None
-        elif key.isdigit():
-            typed += key
-            n = int(typed)
-            if 1 <= n <= len(options):
-                idx = n - 1
-                if n * 10 > len(options):  # no longer number starts with these digits
-                    return idx
-            else:
-                typed = ""
+            here = i == state["idx"]
+            lines += [("class:marker", "› " if here else "  "),
+                      ("class:selected" if here else "", f"{i + 1:>2}. {option}"), ("", "\n")]
+        typed = f" · typed {state['typed']}" if state["typed"] else ""
+        return lines + [("class:hint", "↑/↓ Enter, or type a number · q back" + typed)]
+
+    return _app(text, keys).run()
 
 
-def pick_checkpoint(keys: Keys, log, title: str = "Pick a checkpoint") -> dict | None:
+def pause() -> None:
+    """Wait for any key (the output above stays on screen)."""
+    from prompt_toolkit.key_binding import KeyBindings
+
+    keys = KeyBindings()
+    keys.add("<any>")(lambda event: event.app.exit())
+    keys.add("c-c")(lambda event: event.app.exit())
+    _app([("class:hint", "press any key")], keys).run()
+
+
+def pick_checkpoint(log, title: str = "Pick a checkpoint") -> dict | None:
     """Newest first, as people look for the last good moment."""
     items = checkpoints.readable(log)[::-1]
     labels = [f"{m['id']}  {m.get('label') or m['reason']:<10} {ago(m['created_at']):>12}  seq {m['last_seq']}"
@@ -110,66 +101,85 @@ def pick_checkpoint(keys: Keys, log, title: str = "Pick a checkpoint") -> dict |
     if not items:
         click.echo("no checkpoints yet")
         return None
-    i = choose(keys, title, labels)
+    i = choose(title, labels)
     return None if i is None else items[i]
-
-
-def pause(keys: Keys) -> None:
-    click.echo(click.style("press any key", dim=True))
-    try:
-        keys.get()
-    except (KeyboardInterrupt, EOFError):
-        pass
 
 
 @click.command()
 @with_log_dir
 @click.pass_context
-def menu(ctx, cfg, log) -> None:
+def menu(ctx, cfg, log, **_) -> None:
     """Pick a checkpoint to restore or print, browse recent records, see status, search."""
     require_log(log)
-    with Keys() as keys:
-        try:
-            _loop(ctx, keys, cfg, log)
-        except KeyboardInterrupt:  # Ctrl-C while a screen is still being drawn: leave as cleanly as from a key
-            click.echo()
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise click.UsageError("the menu needs a terminal; use the commands directly in scripts")
+    try:
+        _loop(ctx, cfg, log)
+    except KeyboardInterrupt:  # Ctrl-C while a screen is still being drawn: leave as cleanly as from a key
+        click.echo()
 
 
-def _loop(ctx, keys: Keys, cfg, log) -> None:
+ACTIONS = ["Restore a checkpoint (what came after is archived)", "Print a checkpoint's conversation",
+           "Recent records", "Status", "Search", "Quit"]
+
+
+def _loop(ctx, cfg, log) -> None:
     common = {"log_dir": str(log.root), "config_path": cfg.source}
-    actions = ["Restore a checkpoint (what came after is archived)", "Print a checkpoint's conversation",
-               "Recent records", "Status", "Search", "Quit"]
+    choice = 0
     while True:
-        choice = choose(keys, f"persist · {log.root}", actions)
-        if choice is None or choice == len(actions) - 1:
+        choice = choose(f"persist · {log.root}", ACTIONS, choice)
+        if choice is None or choice == len(ACTIONS) - 1:
             return
-        if choice == 0 and (m := pick_checkpoint(keys, log, "Restore which checkpoint?")):
-            with keys.cooked():
-                if click.confirm(f"Restore {m['id']}? Records after seq {m['last_seq']} move to archive/"):
-                    _run(ctx, restore_cmd, ident=m["id"], out=None, print_=False, fmt="markdown",
-                         stop_daemon=True, **common)
-        elif choice == 1 and (m := pick_checkpoint(keys, log, "Print which checkpoint?")):
-            fmt = choose(keys, "Format", list(render.FORMATS))
-            if fmt is not None:
-                with keys.cooked():
-                    click.echo_via_pager(c + "\n" for c in render.lines(conversation_upto(log, m["last_seq"]),
-                                                                        render.FORMATS[fmt]))
+        if choice == 0:
+            _restore(ctx, log, common)
+        elif choice == 1:
+            _print(log)
+            continue  # the pager was the screen: straight back to the menu
         elif choice == 2:
-            _run(ctx, recent, count=20, topic=None, sender=None, follow_=False, system=True, as_json=False, **common)
+            _run(ctx, "read:recent", count=20, **common)
         elif choice == 3:
-            _run(ctx, status, as_json=False, **common)
+            _run(ctx, "status:status", **common)
         elif choice == 4:
-            with keys.cooked():
-                query = click.prompt("Search for (words, \"a phrase\", prefix*)", default="", show_default=False)
-            if query.strip():
-                _run(ctx, search_cmd, query=query, sender=None, topic=None, thread_id=None, kind=None, since=None,
-                     until=None, limit=20, as_json=False, **common)
-        pause(keys)
+            from prompt_toolkit import prompt
+
+            try:
+                query = prompt('Search for (words, "a phrase", prefix*): ')
+            except (KeyboardInterrupt, EOFError):
+                continue
+            if not query.strip():
+                continue
+            _run(ctx, "search:search_cmd", query=query, limit=20, **common)
+        pause()
 
 
-def _run(ctx, command, **params) -> None:
-    """Run another command; its errors are shown, and the menu goes on."""
+def _restore(ctx, log, common: dict) -> None:
+    m = pick_checkpoint(log, "Restore which checkpoint?")
+    if m is None:
+        return
+    daemon = (f" The daemon recording now (pid {lock.holder_pid(log)}) is stopped for it and started again."
+              if lock.is_locked(log) else "")
+    if click.confirm(f"Restore {m['id']}? Records after seq {m['last_seq']} move to archive/.{daemon}"):
+        _run(ctx, "checkpoints:restore_cmd", ident=m["id"], stop_daemon=True, **common)
+
+
+def _print(log) -> None:
+    m = pick_checkpoint(log, "Print which checkpoint?")
+    fmt = None if m is None else choose("Format", list(render.FORMATS))
+    if fmt is not None:
+        click.echo_via_pager(c + "\n" for c in render.lines(conversation_upto(log, m["last_seq"]),
+                                                            render.FORMATS[fmt]))
+
+
+def _run(ctx, where: str, **params) -> None:
+    """Run another command (``module:name`` in ``persist.cli``), unset options at their defaults;
+    its errors and exit codes are shown, and the menu goes on."""
+    import importlib
+
+    module, name = where.split(":")
+    command = getattr(importlib.import_module(f"persist.cli.{module}"), name)
     try:
         ctx.invoke(command, **params)
     except click.ClickException as exc:
         exc.show()
+    except click.exceptions.Exit:  # `status` exits 3 when nothing records: it has said so
+        pass
