@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
 import signal
 
-from libdir import cli
+from libdir import Built, cli
 from persist.daemon.control import ask
-from procs import eventually, process_gone, run
+from procs import BIN, eventually, process_gone, read_until, run
 
 
 def test_status_says_when_the_daemon_does_not_reach_its_broker(lone_daemon):
@@ -77,3 +79,67 @@ def test_the_daemon_refuses_a_taken_checkpoint_label(lone_daemon):
     refused = cli(daemon.log_dir, "checkpoints", "create", "--label", "offline")
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert cli(daemon.log_dir, "checkpoints", "show", "offline").returncode == 0
+
+
+def menu(log_dir, env: dict | None = None) -> tuple[int, int]:
+    """``persist-cli menu`` on a pseudo-terminal: (pid, fd)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(str(BIN / "persist-cli"), ["persist-cli", "menu", "--log-dir", str(log_dir)],
+                  {**os.environ, **(env or {})})
+    return pid, fd
+
+
+def leave(pid: int, fd: int) -> int:
+    os.write(fd, b"\x03")
+    _, code = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(code)
+
+
+def test_menu_comes_back_from_the_pager_on_the_same_item_without_colour(workdir):
+    built = Built(workdir / "logs")
+    built.send(b"agent.chat", b'{"sender":"ann","text":"the pager shows this"}')
+    built.checkpoint("manual", "paged")
+    built.close()
+    pid, fd = menu(built.root, {"NO_COLOR": "1", "PAGER": "cat"})
+    try:
+        read_until(fd, "Quit")
+        os.write(fd, b"2")  # print a checkpoint's conversation
+        read_until(fd, "paged")
+        os.write(fd, b"\r")  # the checkpoint
+        read_until(fd, "Format")
+        os.write(fd, b"\r")  # markdown, through the pager
+        screen = read_until(fd, "Quit")  # back in the menu with no key pressed after the pager
+        assert "the pager shows this" in screen and "press any key" not in screen
+        menu_again = screen.rsplit("the pager shows this", 1)[-1]
+        assert re.search(r"› (\x1b\[[0-9;]*m)* 2\. Print", menu_again), "the menu comes back on the item chosen"
+        assert not re.search(r"\x1b\[[0-9;]*(3[0-7]|9[0-7])m", screen), "NO_COLOR: no colour"
+    finally:
+        assert leave(pid, fd) == 0
+
+
+def test_restore_from_the_menu_says_recording_stopped_and_starts_it_again(lone_daemon):
+    daemon = lone_daemon()
+    assert cli(daemon.log_dir, "checkpoints", "create", "--label", "menu-restore").returncode == 0
+    old = daemon.daemon_pid()
+    pid, fd = menu(daemon.log_dir)
+    new = None
+    try:
+        read_until(fd, "Quit")
+        os.write(fd, b"1")
+        read_until(fd, "menu-restore")
+        os.write(fd, b"\r")
+        assert f"pid {old}) is stopped for it and started again" in read_until(fd, "[y/N]")
+        os.write(fd, b"y\r")
+        screen = read_until(fd, "press any key", timeout=30)
+        assert f"recording stopped: the daemon (pid {old})" in screen and "recording again" in screen, screen
+        new = ask(daemon.log.control_endpoint, "status")["pid"]
+        assert new != old
+        os.write(fd, b" ")
+        read_until(fd, "Quit")
+    finally:
+        assert leave(pid, fd) == 0
+        if new:
+            os.kill(new, signal.SIGTERM)
+            eventually(lambda: process_gone(new))
