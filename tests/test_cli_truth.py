@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import threading
 import time
 
@@ -179,3 +180,36 @@ def test_doctor_files_check_looks_at_every_file(workdir):
     assert checks["permissions"]["ok"] is False and "index.sqlite" in checks["permissions"]["detail"]
     assert checks["broker"]["ok"] is False and "no-broker" in checks["broker"]["detail"], "ipc is probed"
     assert result.returncode == 1
+
+
+# --- systemd: the sandbox, and root-run commands on the service's log --------------------------------------
+
+
+def test_system_unit_is_sandboxed_to_the_local_bus_and_verifies(workdir):
+    from procs import BIN
+
+    unit = (BIN.parent.parent / "systemd" / "persist-daemon.service").read_text()
+    settings = [tuple(line.split("=", 1)) for line in unit.splitlines() if "=" in line and not line.startswith("#")]
+    for key, value in [("IPAddressDeny", "any"), ("IPAddressAllow", "localhost"), ("ProtectProc", "invisible"),
+                       ("ProcSubset", "pid"), ("SystemCallFilter", "@system-service")]:
+        assert (key, value) in settings, key
+    if shutil.which("systemd-analyze"):
+        exe = dict(settings)["ExecStart"].split()[0]
+        local = workdir / "persist-daemon.service"
+        local.write_text(unit.replace(exe, str(BIN / "persist-daemon")))
+        result = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True, text=True)
+        assert result.returncode == 0 and str(local) not in result.stderr, result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a root-run command on another user's log dir")
+def test_root_run_commands_leave_nothing_the_service_user_cannot_write(workdir):
+    built = chat(workdir / "logs").close()
+    service = 65534  # the log dir belongs to the service's user, not to root
+    for parent, dirs, names in os.walk(built.root):
+        for p in [parent, *(os.path.join(parent, n) for n in dirs + names)]:
+            os.chown(p, service, service)
+    assert cli(built.root, "search", "turn").returncode == 0
+    assert cli(built.root, "index", "rebuild").returncode == 0
+    assert cli(built.root, "threads").returncode == 0
+    mine = [p for p in built.root.rglob("*") if p.lstat().st_uid != service]
+    assert mine == [], f"left owned by root: {mine}"
