@@ -18,8 +18,8 @@ UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3
          "d": 86400, "day": 86400, "w": 604800, "week": 604800}
 CLOCK = re.compile(r"^\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?$")  # a time of day: today at that time
 DAYS = {"today": 0, "yesterday": -1, "tomorrow": 1}
-HINT = ("is not a time: use a local time (2026-11-24 19:22, 19:22), one with its zone (2026-11-24T19:22:01Z, "
-        "…+01:00), a duration ago like 15m, 2h, 3d, or today/yesterday")
+HINT = ("is not a time: use ISO 8601, local unless it has a zone (2026-11-24 19:22, 2026-11-24T19:22:01Z, "
+        "…+01:00), a time of day (19:22), a duration ago like 15m, 2h, 3d, or today/yesterday")
 
 _utc_display = False  # set once per persist-cli run (--utc); a library caller keeps local time
 
