@@ -118,6 +118,7 @@ def cli(ctx: click.Context, log_dir: str | None, config_path: str | None, as_jso
     Global options go before the command (persist-cli --log-dir D recent) or after it: the same either way.
     """
     times.use_utc(utc)  # per run: a command's own --utc turns it on too
+    ctx.call_on_close(lambda: times.use_utc(False))  # and only for this run (tests run many in one process)
     given = {"log_dir": log_dir, "config_path": config_path, "as_json": as_json or None, "utc": utc or None}
     ctx.default_map = Defaults({k: v for k, v in given.items() if v is not None})
     if ctx.invoked_subcommand is None:

@@ -7,10 +7,11 @@ Pure functions over records and ``reader.Entry``s; it reads the log only through
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from datetime import timedelta
 from itertools import islice
 from typing import Any
 
-from persist.daemon.log import reader
+from persist.daemon.log import reader, times
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.record import is_system
 
@@ -35,10 +36,15 @@ def matches(rec: dict[str, Any], topic: str | tuple[str, ...] | None = None, sen
     return until is None or rec["received_at"] <= until
 
 
+CLOCK_SLACK = 300.0  # seconds a recorder's clock may have stepped back (NTP) between two records
+
+
 def _back_to(entries: Iterable[reader.Entry], since: str | None) -> Iterator[reader.Entry]:
-    """``entries`` (newest first) until one older than ``since``: a reader from the tail stops there."""
+    """``entries`` (newest first) until one older than ``since`` by more than ``CLOCK_SLACK``: records are written
+    in time order, so a reader from the tail stops there instead of reading a huge log to its start."""
+    stop = None if since is None else times.iso_utc(times.parse_iso(since) - timedelta(seconds=CLOCK_SLACK))
     for e in entries:
-        if since is not None and e.rec.get("received_at", "") < since:
+        if stop is not None and e.rec.get("received_at", "") < stop:
             return
         yield e
 
