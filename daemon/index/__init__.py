@@ -8,8 +8,8 @@ print the record exactly as written), and its text in an FTS5 table. The
 the same transaction as the rows, so an indexer killed at any moment resumes
 exactly where its last commit ended.
 
-This module owns the schema and catch-up (``connect``, ``add``,
-``catch_up``, ``update``, ``open_current``, ``rebuild``); ``search`` the queries and
+This module owns the schema and catch-up (``connect``, ``add``, ``catch_up``,
+``update``, ``open_current``, ``behind``); ``rebuild`` a new index swapped in whole; ``search`` the queries and
 reading hits back from the JSONL; ``lock`` who may write the index;
 ``indexer`` the process that keeps it current while the daemon records.
 """
@@ -112,58 +112,6 @@ def behind(log: LogDir, db: sqlite3.Connection) -> int:
 def _last_seq(log: LogDir) -> int:
     last = reader.last_record(log)
     return last.seq if last is not None else 0
-
-
-def rebuild(log: LogDir, progress: Callable[[int], None] | None = None, timeout: float = 15.0) -> int:
-    """Build the index anew from the JSONL, pausing a running indexer meanwhile; how many records it holds.
-
-    The new index is built beside the old one and copied over it in one transaction (SQLite's backup),
-    so a search meanwhile answers from the old, complete index, never from a half-built one; an index
-    that cannot be opened is replaced by renaming the new file over it.
-    ``progress(bytes)`` is told how far into the whole log (``reader.sizes``) indexing got.
-    """
-    lock_fd = take_indexer_lock(log, timeout)
-    path = index_path(log)
-    fresh = path.with_name(path.name + ".rebuild")
-    try:
-        for p in files(fresh):
-            p.unlink(missing_ok=True)
-        starts, total = {}, 0  # where each segment begins in the whole log
-        for seg, nbytes in reader.sizes(log):
-            starts[seg.name] = total
-            total += nbytes
-        new = connect(fresh)
-        try:
-            count = catch_up(log, new, progress and (lambda seg, off: progress(starts.get(seg, 0) + off)))
-            _swap_in(new, path, fresh)
-        finally:
-            new.close()
-        return count
-    finally:
-        for p in files(fresh):
-            p.unlink(missing_ok=True)
-        give_back(log)
-        os.close(lock_fd)
-
-
-def _swap_in(new: sqlite3.Connection, path: Path, fresh: Path) -> None:
-    """Make ``path`` hold what ``new`` (the file ``fresh``) holds, atomically for its readers."""
-    try:
-        old = connect(path, create=False)
-    except (SearchIndexError, sqlite3.DatabaseError):
-        old = None
-    if old is not None:
-        try:
-            new.backup(old)
-            return
-        except sqlite3.DatabaseError:
-            pass
-        finally:
-            old.close()
-    new.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    for p in files(path)[1:]:
-        p.unlink(missing_ok=True)
-    os.replace(fresh, path)
 
 
 def update(log: LogDir, progress: Callable[[str, int], None] | None = None) -> int:
@@ -323,3 +271,4 @@ def forget_deleted(log: LogDir, db: sqlite3.Connection) -> int:
     return removed
 
 
+from persist.daemon.index.rebuild import rebuild  # noqa: E402,F401 (API; it builds on the functions above)
