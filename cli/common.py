@@ -126,8 +126,9 @@ def style(text: str, **kw: Any) -> str:
 
 
 def table(headers: list[str], rows: list[list[Any]], right: Iterable[int] = ()) -> None:
-    """Print aligned columns through rich (header bold on a terminal, ``NO_COLOR`` honoured, cut to the
-    terminal's width on a terminal; never cut when piped). rich is imported here only: ``recent`` never pays for it."""
+    """Print aligned columns through rich: header bold on a terminal (``NO_COLOR`` honoured), wrapped to the
+    terminal's width (the first column, an id, kept whole); never wrapped when piped. rich is imported here
+    only: ``recent`` never pays for it."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -136,10 +137,12 @@ def table(headers: list[str], rows: list[list[Any]], right: Iterable[int] = ()) 
     tty = sys.stdout.isatty()
     grid = Table(box=box.SIMPLE_HEAD if tty else None, show_edge=False, pad_edge=False, header_style="bold",
                  show_header=True, expand=False)
-    for i, h in enumerate(headers):
-        grid.add_column(h, justify="right" if i in right else "left", no_wrap=not tty, overflow="ellipsis")
-    for row in rows:
-        grid.add_row(*(str(c) for c in row))
+    cells = [[str(c) for c in row] for row in rows]
+    for i, h in enumerate(headers):  # the first column (an id to copy) is never cut; the others wrap to fit
+        whole = max([len(h)] + [len(r[0]) for r in cells]) if i == 0 else None
+        grid.add_column(h, justify="right" if i in right else "left", no_wrap=not tty or i == 0, min_width=whole)
+    for row in cells:
+        grid.add_row(*row)
     console = Console(file=sys.stdout, no_color=not color(), highlight=False, markup=False, emoji=False,
                       width=None if tty else 1 << 16, color_system="auto" if color() else None,
                       force_terminal=tty and None)
