@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from persist.daemon.log.fsutil import open_private
 from persist.daemon.log.layout import LogDir
 
 SYSTEMD_VARS = ("INVOCATION_ID", "NOTIFY_SOCKET")  # set by systemd for the services it runs
@@ -87,11 +88,14 @@ def start_again(log: LogDir, started: Started, timeout: float = 15.0) -> int:
     if started.unit:
         raise RestartError(f"it ran under systemd ({started.unit}), which must start it: {started.command()}")
     try:
-        with open(log.root / "daemon.log", "ab") as out:
+        out = open_private(log.root / "daemon.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)  # 0600, no symlink
+        try:
             proc = subprocess.Popen(started.argv, executable=started.executable, env=started.env or None,
                                     cwd=started.cwd if started.cwd and os.path.isdir(started.cwd) else None,
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     start_new_session=True, close_fds=True)
+        finally:
+            os.close(out)
     except OSError as exc:
         raise RestartError(f"{exc.strerror or exc}; start it: {started.command()}") from None
     from persist.daemon.control import answer  # pyzmq only where a daemon is asked
