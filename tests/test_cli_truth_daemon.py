@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import signal
+import sys
 
 from libdir import Built, cli
 from persist.daemon.control import ask
@@ -143,3 +144,28 @@ def test_restore_from_the_menu_says_recording_stopped_and_starts_it_again(lone_d
         if new:
             os.kill(new, signal.SIGTERM)
             eventually(lambda: process_gone(new))
+
+
+def test_persist_launch_menu_hands_the_agent_only_the_newest_turns_that_fit(lone_daemon, log_dir):
+    built = Built(log_dir)
+    for i in range(3):
+        built.send(b"agent.chat", b'{"sender":"ann","text":"turn number %d"}' % i, meta={"tokens": 10})
+    built.close()
+    lone_daemon()  # records on in the same log
+    assert cli(log_dir, "checkpoints", "create", "--label", "budget").returncode == 0
+    agent = "import os; print('CONTEXT:', open(os.environ['PERSIST_RESTORED_CONTEXT']).read())"
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(str(BIN / "persist-launch"), ["persist-launch", "--menu", "--max-tokens", "15", "--log-dir",
+                                                str(log_dir), "--name", "m", "--", sys.executable, "-c", agent])
+    try:
+        read_until(fd, "Start from which checkpoint")
+        os.write(fd, b"\r")
+        seen = read_until(fd, "turn number 2", timeout=15)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(fd)
+    assert "2 earlier turn(s) left out to fit 15 tokens" in seen
+    context = seen.split("CONTEXT:")[-1]
+    assert "turn number 2" in context and "turn number 1" not in context and "turn number 0" not in context
