@@ -169,3 +169,17 @@ def test_persist_launch_menu_hands_the_agent_only_the_newest_turns_that_fit(lone
     assert "2 earlier turn(s) left out to fit 15 tokens" in seen
     context = seen.split("CONTEXT:")[-1]
     assert "turn number 2" in context and "turn number 1" not in context and "turn number 0" not in context
+
+
+def test_search_right_after_the_daemon_starts_finds_what_was_recorded(lone_daemon, log_dir):
+    built = Built(log_dir)
+    for i in range(3000):
+        built.send(b"agent.chat", b'{"sender":"ann","text":"early words %d"}' % i)
+    built.send(b"agent.chat", b'{"sender":"ann","text":"the quokka at the end"}')
+    built.close()
+    lone_daemon()  # its indexer starts now, with no index file yet
+    result = cli(log_dir, "search", "quokka", "--json")
+    if result.returncode == 0:  # complete ...
+        assert json.loads(result.stdout)["seq"] == 3001
+    else:  # ... or it says how far behind the (idle-priority) indexer still is on a busy machine
+        assert "has not reached the newest" in result.stderr, result.stderr
