@@ -86,8 +86,13 @@ class Group(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         words = args[: args.index("--")] if "--" in args else args
-        ctx.meta["persist.json"] = "--json" in words  # known before any option is parsed: errors come as JSON
-        return super().parse_args(ctx, args)
+        pairs = set(zip(words, words[1:]))
+        # known before any option is parsed, so that every error comes as JSON
+        ctx.meta["persist.json"] = "--json" in words or "--format=json" in words or ("--format", "json") in pairs
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:  # a bad global option
+            raise json_errors(ctx, UsageError(f"{exc.format_message()} (see persist-cli --help)")) from None
 
     def invoke(self, ctx: click.Context):
         try:

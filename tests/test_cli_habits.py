@@ -110,6 +110,8 @@ def test_read_commands_take_json(log, tmp_path):
 @pytest.mark.parametrize("args, code", [
     (["--json", "recent", "--log-dir", "/nonexistent"], 2),
     (["thread", "nope", "--json"], 2),
+    (["thread", "nope", "--format", "json"], 2),
+    (["--json", "--bogus", "recent"], 2),
     (["recent", "--json", "-n", "lots"], 2),
     (["--json", "replay", "--to", "nonsense"], 2),
 ])
