@@ -3,9 +3,10 @@
 Before a daemon is stopped, ``how_started`` reads its command line, its
 environment and its working directory from ``/proc/<pid>``; after the work is
 done ``start_again`` runs that same command, detached (its own session, output
-appended to ``<log-dir>/daemon.log``), and waits until it answers on its
-control socket. A daemon that systemd runs is never started by hand (systemd
-would not know it): ``RestartError`` says which unit to start. Nothing here
+appended to ``<log-dir>/daemon.log``), and waits until it holds the log dir's
+lock and has made its control socket (opening no socket itself). A daemon that
+systemd runs is never started by hand (systemd would not know it):
+``RestartError`` says which unit to start. Nothing here
 decides whether to stop a daemon; it only makes sure one that was stopped is
 not silently left stopped.
 """
@@ -19,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from persist.daemon.log import lock
 from persist.daemon.log.fsutil import open_private
 from persist.daemon.log.layout import LogDir
 
@@ -80,13 +82,14 @@ def _unit(proc: Path) -> str | None:
 
 
 def start_again(log: LogDir, started: Started, timeout: float = 15.0) -> int:
-    """Run ``started``'s command again, detached; its pid once it answers on ``log``'s control socket.
+    """Run ``started``'s command again, detached; its pid once it is up in ``log``.
 
     ``RestartError`` (saying how to start it by hand) if it runs under systemd, cannot be run, or does
     not come up within ``timeout`` seconds.
     """
     if started.unit:
         raise RestartError(f"it ran under systemd ({started.unit}), which must start it: {started.command()}")
+    began = time.time_ns()
     try:
         out = open_private(log.root / "daemon.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)  # 0600, no symlink
         try:
@@ -98,15 +101,23 @@ def start_again(log: LogDir, started: Started, timeout: float = 15.0) -> int:
             os.close(out)
     except OSError as exc:
         raise RestartError(f"{exc.strerror or exc}; start it: {started.command()}") from None
-    from persist.daemon.control import answer  # pyzmq only where a daemon is asked
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RestartError(f"it exited {proc.returncode} at once (see {log.root / 'daemon.log'}); "
                                f"start it: {started.command()}")
-        if (reply := answer(log.control_endpoint, "ping", timeout_ms=300)) and reply.get("ok"):
+        if _up(log, proc.pid, began):
             return proc.pid
         time.sleep(0.05)
-    raise RestartError(f"it was started again (pid {proc.pid}) but did not answer within {timeout:.0f} s; "
+    raise RestartError(f"it was started again (pid {proc.pid}) but did not come up within {timeout:.0f} s; "
                        f"see {log.root / 'daemon.log'}")
+
+
+def _up(log: LogDir, pid: int, began: int) -> bool:
+    """``pid`` holds the log dir's lock and has made its control socket since ``began`` (no socket is opened
+    here: the format library never opens one)."""
+    try:
+        return (lock.is_locked(log) and lock.holder_pid(log) == pid
+                and os.stat(log.root / "daemon.sock").st_mtime_ns >= began)
+    except OSError:
+        return False
