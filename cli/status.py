@@ -25,6 +25,7 @@ from persist.cli.common import (
     size,
     style,
     table,
+    when,
     with_log_dir,
 )
 from persist.daemon import config
@@ -74,7 +75,7 @@ def _print_status(info: dict, live: dict | None) -> None:
     else:
         since = min((e["since"] for e in bus if e.get("since")), default=None)
         state = (style("▲ running, NOT reaching the broker", fg="red", bold=True)
-                 + f" since {ago(since)}  pid {live['pid']}: nothing is recorded from the bus until it does")
+                 + f" {_since(since)}, pid {live['pid']}: nothing is recorded from the bus until it does")
     rows = [["daemon", state]]
     for e in bus:
         rows.append(["bus", f"{e['endpoint']}  {_endpoint_state(e)}"])
@@ -92,14 +93,16 @@ def _print_status(info: dict, live: dict | None) -> None:
     fields(rows, 12, bold=True)
 
 
+def _since(iso: str | None) -> str:
+    return f"since {when(iso)} ({ago(iso)})" if iso else "since the daemon started"
+
+
 def _endpoint_state(e: dict) -> str:
     state = e.get("state")
     last = f"; last message {ago(e['last_message_at'])}" if e.get("last_message_at") else "; no message yet"
-    if state == "connected":
-        return style("connected", fg="green") + f" since {ago(e.get('since'))}{last}"
-    if state == "listening":
-        return style("listening", fg="green") + f" since {ago(e.get('since'))}{last}"
-    return style(f"{state}: not reaching the broker", fg="red") + f" since {ago(e.get('since'))}{last}"
+    if state in ("connected", "listening"):
+        return style(state, fg="green") + f" {_since(e.get('since'))}{last}"
+    return style(f"{state}: not reaching the broker", fg="red") + f" {_since(e.get('since'))}{last}"
 
 
 def _check_modes(log) -> tuple[bool, str]:
