@@ -48,10 +48,16 @@ if [ ! -e "$config" ]; then
     echo "install-systemd: wrote $config (edit it, then: systemctl ${ctl[*]:1} reload persist-daemon)"
 fi
 install -m 0644 "$unit_src" "$unit"
+if [ "$mode" = system ]; then
+    read_cmd="sudo $venv/bin/persist-cli --log-dir /var/lib/persist/conversation_logs status"
+else
+    read_cmd="$venv/bin/persist-cli --log-dir $HOME/.local/state/persist/conversation_logs status"
+fi
 if have_systemd; then
     "${ctl[@]}" daemon-reload
     "${ctl[@]}" enable --now persist-daemon.service
     echo "install-systemd: persist-daemon enabled and started ($mode); status: ${ctl[*]} status persist-daemon"
+    echo "install-systemd: read what it records: $read_cmd"
 else
     echo "install-systemd: $unit installed; systemd is not running here, so nothing was started"
 fi
