@@ -150,8 +150,8 @@ def restore_cmd(cfg, log, ident, out, print_, fmt, max_tokens, stop_daemon) -> N
             click.echo(f"restored checkpoint {manifest['id']} (seq 1..{manifest['last_seq']}) into {out}")
             return
         result = restore.restore_held(log, manifest, stop_daemon)
-    except restore.RestoreError as exc:
-        raise UsageError(str(exc)) from None
+    except restore.RestoreError as exc:  # its notes say whether a daemon it stopped records again
+        raise UsageError("; ".join([str(exc), *getattr(exc, "__notes__", [])])) from None
     except (lock.AlreadyRunning, lock.StillRunning) as exc:
         raise Failure(str(exc)) from None
     if "stopped_pid" in result:
