@@ -144,8 +144,7 @@ def table(headers: list[str], rows: list[list[Any]], right: Iterable[int] = ()) 
     for row in cells:
         grid.add_row(*row)
     console = Console(file=sys.stdout, no_color=not color(), highlight=False, markup=False, emoji=False,
-                      width=None if tty else 1 << 16, color_system="auto" if color() else None,
-                      force_terminal=tty and None)
+                      width=None if tty else 1 << 16, color_system="auto" if color() else None)
     with console.capture() as captured:
         console.print(grid)
     click.echo("\n".join(line.rstrip() for line in captured.get().rstrip("\n").split("\n")))
