@@ -184,3 +184,21 @@ def test_search_right_after_the_daemon_starts_finds_what_was_recorded(lone_daemo
     else:  # ... or it says how far behind the (idle-priority) indexer still is on a busy machine
         assert "has not reached the newest" in result.stderr or "is making the search index" in result.stderr, \
             result.stderr
+
+
+def test_a_refused_restore_starts_the_daemon_it_stopped_again_and_says_so(lone_daemon):
+    daemon = lone_daemon()
+    assert cli(daemon.log_dir, "checkpoints", "create", "--label", "tampered").returncode == 0
+    with open(daemon.log.active, "r+b") as f:  # a byte the checkpoint covers changes: the restore refuses
+        first = f.read(1)
+        f.seek(0)
+        f.write(b"[" if first != b"[" else b"{")
+    result = run("persist-cli", "restore", "tampered", "--stop-daemon", "--log-dir", str(daemon.log_dir))
+    assert daemon.proc.wait(10) == 0
+    new = ask(daemon.log.control_endpoint, "status")["pid"]
+    try:
+        assert result.returncode == 2 and "run persist-cli verify" in result.stderr, result.stderr
+        assert f"it records again as pid {new}" in result.stderr, result.stderr
+    finally:
+        os.kill(new, signal.SIGTERM)
+        eventually(lambda: process_gone(new))
