@@ -9,6 +9,7 @@ import click
 from persist.cli.common import (
     Failure,
     UsageError,
+    color,
     json_lines,
     json_option,
     listing,
@@ -70,7 +71,7 @@ def search_cmd(cfg, log, query, sender, topic, thread_id, kind, since, until, li
     filters = Filters(sender, topic, thread_id, kind, parse_when(since, "--since"), parse_when(until, "--until"),
                       include_replays)
     try:
-        hits = search(db, query, filters, limit, HIGHLIGHT if sys.stdout.isatty() else ("", ""))
+        hits = search(db, query, filters, limit, HIGHLIGHT if color() else ("", ""))
     except SearchIndexError as exc:
         raise UsageError(str(exc)) from None
     found = with_records(log, hits)
