@@ -288,3 +288,25 @@ def test_stats_watch_reads_only_what_was_appended(tmp_path, monkeypatch):
     b.close()
     assert [orjson.loads(x)["records"] for x in result.stdout.splitlines()] == [300, 310, 320]
     assert len(parsed) <= 320 + 3, f"{len(parsed)} records parsed for 320: the log was read again"
+
+
+def test_recent_since_reads_from_the_tail_no_further_than_it_needs(tmp_path, monkeypatch):
+    now = time.time()
+    b = Built(tmp_path / "logs")
+    for i in range(3):
+        b.send(b"t", b'{"text":"last week %d"}' % i, at=now - 7 * 86400 + i)
+    old = b.rotate()
+    b.send(b"t", b'{"text":"just now"}', at=now - 60)
+    b.close()
+    real = reader.lines_backward
+    taken = []
+
+    def counted(path):
+        for line in real(path):
+            taken.append(path)
+            yield line
+
+    monkeypatch.setattr(reader, "lines_backward", counted)
+    assert seqs(cli(b.root, "recent", "--json", "--since", "1h")) == [4]
+    assert taken == [old], "one line of the week-old segment read, to see it is older: no more"
+    assert seqs(cli(b.root, "recent", "--json", "--since", "8d", "-n", "2")) == [3, 4]
