@@ -28,12 +28,12 @@ from persist.daemon.log.select import newest_fitting
 
 
 def open_index(log):
-    """The search index, up to date (``index.open_current``); says on stderr how far behind it is, if it is."""
+    """The search index, up to date (``index.open_complete``); says on stderr how far behind it is, if it is."""
     try:
-        db = index.open_current(log)
+        db, missing = index.open_complete(log)
     except SearchIndexError as exc:
         raise Failure(str(exc)) from None
-    if missing := index.behind(log, db):
+    if missing:
         click.echo(f"persist-cli: the search index has not reached the newest {missing} record(s) yet "
                    "(the indexer is at work); they are not in these results", err=True)
     return db

@@ -9,7 +9,7 @@ the same transaction as the rows, so an indexer killed at any moment resumes
 exactly where its last commit ended.
 
 This module owns the schema and catch-up (``connect``, ``add``, ``catch_up``,
-``update``, ``open_current``, ``behind``); ``rebuild`` a new index swapped in whole; ``search`` the queries and
+``update``, ``open_current``/``open_complete``, ``behind``); ``rebuild`` a new index swapped in whole; ``search`` the queries and
 reading hits back from the JSONL; ``lock`` who may write the index;
 ``indexer`` the process that keeps it current while the daemon records.
 """
@@ -70,13 +70,19 @@ def files(path: Path) -> tuple[Path, Path, Path]:
 
 
 def open_current(log: LogDir, wait: float = 2.0) -> sqlite3.Connection:
-    """The search index, complete up to the newest record, or as near as an indexer at work got in ``wait`` s.
+    """The search index, complete up to the newest record, or as near as an indexer at work got (``open_complete``)."""
+    return open_complete(log, wait)[0]
+
+
+def open_complete(log: LogDir, wait: float = 2.0) -> tuple[sqlite3.Connection, int]:
+    """``(index, missing)``: the search index, and how many of the records there were when it was called
+    it does not hold yet (0: it answers for everything recorded until then).
 
     When no indexer is at work (the daemon stopped, its indexing off, right after a restore set the index
     aside) this brings the index up to date itself, creating it if missing, holding ``indexer.lock``.
     Otherwise it waits up to ``wait`` seconds for the indexer to reach the record that was newest when it
-    was called (``behind`` says how far it is when it did not) and, while an indexer is only now making
-    the index, for the file to appear (``SearchIndexError`` saying so if it does not).
+    was called and, while an indexer is only now making the index, for the file to appear
+    (``SearchIndexError`` saying so if it does not).
     """
     path = index_path(log)
     target = _last_seq(log)
@@ -87,7 +93,7 @@ def open_current(log: LogDir, wait: float = 2.0) -> sqlite3.Connection:
             try:
                 db = connect(path)
                 catch_up(log, db)
-                return db
+                return db, 0
             finally:
                 give_back(log)
                 os.close(fd)
@@ -96,7 +102,7 @@ def open_current(log: LogDir, wait: float = 2.0) -> sqlite3.Connection:
             give_back(log)
             while position(db)[0] < target and time.monotonic() < deadline:
                 time.sleep(0.05)
-            return db
+            return db, max(0, target - position(db)[0])
         if time.monotonic() >= deadline:
             who = f"the indexer (pid {pid})" if (pid := indexer_pid(log)) else "another persist command"
             raise SearchIndexError(f"{who} is making the search index and has not written it yet "
