@@ -202,3 +202,13 @@ def test_a_refused_restore_starts_the_daemon_it_stopped_again_and_says_so(lone_d
     finally:
         os.kill(new, signal.SIGTERM)
         eventually(lambda: process_gone(new))
+
+
+def test_a_restore_never_starts_a_systemd_daemon_by_hand_and_says_so_loudly(lone_daemon):
+    daemon = lone_daemon(env={"INVOCATION_ID": "0123456789abcdef"})  # what systemd sets for its services
+    assert cli(daemon.log_dir, "checkpoints", "create", "--label", "sd").returncode == 0
+    result = run("persist-cli", "restore", "sd", "--stop-daemon", "--log-dir", str(daemon.log_dir))
+    assert daemon.proc.wait(10) == 0
+    assert result.returncode == 1 and "recording stopped" in result.stdout
+    assert "RECORDING IS STOPPED" in result.stderr and "systemctl start" in result.stderr, result.stderr
+    assert cli(daemon.log_dir, "status").returncode == 3, "nothing records, as it said"
