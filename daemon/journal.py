@@ -209,6 +209,8 @@ class Journal:
         """
         if self.spool.lines:
             raise DiskFull(errno.ENOSPC, f"the disk under {self.log.root} is full: no checkpoint until space returns")
+        if label:
+            checkpoints.check_label(self.log, label)  # refused before anything is recorded
         ident = checkpoints.new_id(self.log, time.time(), self.seq + 1)
         self.record_system("checkpoint", {"id": ident, "reason": reason, "label": label})
         if self.spool.lines:  # the record itself found no room: it is written, and checkpointed, later

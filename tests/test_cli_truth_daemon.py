@@ -80,6 +80,8 @@ def test_the_daemon_refuses_a_taken_checkpoint_label(lone_daemon):
     refused = cli(daemon.log_dir, "checkpoints", "create", "--label", "offline")
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert cli(daemon.log_dir, "checkpoints", "show", "offline").returncode == 0
+    announced = [e.rec["payload"]["label"] for e in daemon.records() if e.rec["topic"] == "$persist/checkpoint"]
+    assert announced.count("offline") == 1, "a refused label leaves no announcement without a manifest"
 
 
 def menu(log_dir, env: dict | None = None) -> tuple[int, int]:
