@@ -31,7 +31,7 @@ CHOICES = {
 TAG_KEYS = {"name", "keywords", "regex"}
 INT_MAX = 2**31 - 1  # ZeroMQ options and millisecond timers are C ints
 FLOAT_MAX = 366 * 86400  # seconds: a year is the longest interval that means anything
-MAXIMA = {"storage.rotate_bytes": 2**62, "storage.backlog_bytes": 2**62}
+MAXIMA = {"storage.rotate_bytes": 2**62, "storage.backlog_bytes": 2**62, "daemon.stop_drain_s": 3.5}
 
 
 class ConfigError(ValueError):
@@ -55,6 +55,7 @@ class DaemonSection:
     receive_hwm: int = 1_000_000
     log_format: str = "auto"
     log_level: str = "info"
+    stop_drain_s: float = 2.5  # a stop records the backlog this long, then counts the rest into a gap
 
 
 @dataclass

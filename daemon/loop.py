@@ -41,8 +41,7 @@ from persist.daemon.timers import Timers
 BATCH = 1000  # messages taken from the socket per turn of the loop
 BATCH_BYTES = 8 << 20  # ... or fewer: a batch of big messages is bounded in bytes, not only in count
 RELEASE_AFTER_BYTES = 4 << 20  # a batch this large gives its memory back at once
-DRAIN_SECONDS = 2.5  # at shutdown, how long queued messages are still recorded
-COUNT_SECONDS = 1.0  # ... then how long what is left is counted for the gap record (SIGTERM to exit: < 5 s)
+STOP_SECONDS = 4.0  # a stop records the backlog for daemon.stop_drain_s, counts the rest until this, then exits
 RETENTION_EVERY_S = 60.0  # how often storage.retention is applied (and at once after a rotation)
 log = structlog.get_logger("persist.daemon")
 
@@ -197,9 +196,10 @@ class Recorder:
         """Record what the socket still holds for a while, count the rest, write the last records, close."""
         self.notify.stopping()
         started = time.monotonic()
-        while time.monotonic() < started + DRAIN_SECONDS and (batch := self.bus.receive(BATCH, BATCH_BYTES)[0]):
+        drain = started + self.cfg.daemon.stop_drain_s
+        while time.monotonic() < drain and (batch := self.bus.receive(BATCH, BATCH_BYTES)[0]):
             self.journal.record(batch)
-        self.journal.stop(self.bus.discard(started + DRAIN_SECONDS + COUNT_SECONDS))
+        self.journal.stop(self.bus.discard(started + STOP_SECONDS))
         self.indexer.stop()
         self.signals.close()
         self.agents.close()
