@@ -233,7 +233,9 @@ def parse_when(text: str | None, flag: str) -> str | None:
 def one_line(rec: dict[str, Any], width: int | None = None) -> str:
     """A record as one line of a listing: time, seq, topic, who, what."""
     text = " ".join(payload_text(rec).split())
-    head = f"{when(rec['received_at'])}  {style('#' + str(rec['seq']), fg='cyan')}  {rec['topic']}  {speaker(rec)}  "
+    meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+    kind = f" [{meta['msg_type']}]" if isinstance(meta.get("msg_type"), str) else ""  # an envelope's own type
+    head = f"{when(rec['received_at'])}  {style('#' + str(rec['seq']), fg='cyan')}  {rec['topic']}{kind}  {speaker(rec)}  "
     line = head + text
     width = width or terminal_width()
     return line if len(line) <= width or not sys.stdout.isatty() else line[: width - 1] + "…"

@@ -85,6 +85,7 @@ def builtin(cfg: EnrichSection) -> Enricher:
     plain = tuple((key, names) for key, names in wanted.items() if not any("." in n for n in names))
     dotted = tuple((key, names) for key, names in wanted.items() if any("." in n for n in names))
     profiles = envelope.Profiles([envelope.from_config(t) for t in cfg.profiles])
+    match = (lambda frames, topic: None) if "profiles" in cfg.disable else profiles.match
     with_kind = "kind" in wanted
     with_tokens = "tokens" not in cfg.disable
     rules = [] if "tags" in cfg.disable else [
@@ -95,7 +96,7 @@ def builtin(cfg: EnrichSection) -> Enricher:
     def builtins(msg: Message) -> dict[str, Any]:
         meta: dict[str, Any] = {}
         payload = msg.value
-        env = profiles.match(msg.frames, msg.topic)
+        env = match(msg.frames, msg.topic)
         if env is not None:  # the body is another frame: fields come from it and its headers
             msg.envelope, payload = env, env.value
             msg.text = msg.frames[env.body].decode("utf-8", "backslashreplace")

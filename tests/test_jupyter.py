@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 
+import orjson
 import pytest
 import zmq
 from jupyter_client import KernelManager
@@ -103,3 +104,103 @@ def test_the_envelope_gives_kind_thread_and_sender(kernel_session):
     assert metas["error"]["kind"] == "error" and metas["status"]["kind"] == "heartbeat"
     assert all(m["profile"] == "jupyter" and m["body"] == 6 and m["parent_id"] == msg_id for m in metas.values())
     assert len({m["sender"] for m in metas.values()}) == 1, "one kernel session sends them all"
+
+
+def test_search_finds_the_error_and_the_printed_words(kernel_session):
+    daemon, msg_id, _ = kernel_session
+    for word, msg_type in (("ZeroDivisionError", "error"), ("hello", "stream")):
+        result = wait_for(lambda: (r := cli(daemon, "search", word, "--json")).returncode == 0 and r,
+                          what=f"a hit for {word}")
+        hits = [orjson.loads(x) for x in result.stdout.splitlines()]
+        assert any(h["meta"].get("msg_type") == msg_type for h in hits), (word, hits)
+
+
+def test_thread_is_the_cells_input_and_outputs_in_order(kernel_session):
+    daemon, msg_id, _ = kernel_session
+    result = cli(daemon, "thread", msg_id, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    types = [orjson.loads(x)["meta"]["msg_type"] for x in result.stdout.splitlines()]
+    assert types[0] == "status" and "execute_input" in types and types.index("execute_input") < types.index("error")
+    prompt = cli(daemon, "thread", msg_id, "--format", "prompt").stdout
+    assert 'print("hello from the kernel")' in prompt and "hello from the kernel\n" in prompt
+    assert "ZeroDivisionError: division by zero" in prompt and "\x1b[" not in prompt, "tracebacks without ANSI"
+    assert "[image/png, " in prompt and "[binary, 9 bytes: 00 01 62 69 6e 61 72 79 …]" in prompt
+    assert "<IDS|MSG>" not in prompt
+
+
+def test_recent_shows_message_types_and_text(kernel_session):
+    daemon, _, _ = kernel_session
+    out = cli(daemon, "recent", "-n", "50").stdout
+    assert "[stream]" in out and "hello from the kernel" in out and "[error]" in out
+    assert "<IDS|MSG>" not in out
+
+
+def test_replay_gives_the_same_frames(kernel_session, ctx):
+    daemon, msg_id, cell = kernel_session
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    port = sub.bind_to_random_port("tcp://127.0.0.1")
+    got: list[list[bytes]] = []
+    thread = threading.Thread(target=lambda: [got.append(sub.recv_multipart()) for _ in iter(lambda: sub.poll(3000), 0)])
+    thread.start()
+    assert cli(daemon, "replay", "--as-fast", "--thread", msg_id, "--to", f"tcp://127.0.0.1:{port}").returncode == 0
+    thread.join()
+    assert got == cell
+
+
+def test_a_malformed_envelope_is_recorded_and_shown_as_is(recorder):
+    daemon, p = recorder()
+    bad = [[b"kernel.x.stream", b"<IDS|MSG>", b"sig"], [b"kernel.x.stream", b"<IDS|MSG>", b"sig", b"not json",
+                                                         b"{}", b"{}", b'{"name":"stdout","text":"still shown"}']]
+    for frames in bad:
+        p.send(*frames)
+    recs = daemon.wait_records(2)
+    assert [e.frames() for e in recs] == bad
+    assert "profile" not in recs[0].rec["meta"] and recs[1].rec["meta"]["profile"] == "jupyter"
+    out = cli(daemon, "recent", "-n", "2").stdout
+    assert "still shown" in out and "<IDS|MSG>" in out, "too few frames: shown as sent"
+
+
+def test_a_header_body_bus_and_a_custom_profile(recorder, workdir):
+    config = """
+[[enrich.profiles]]
+name = "events"
+use = "header-body"
+topic = "events."
+
+[[enrich.profiles]]
+name = "legacy"
+frame = 1
+value = "V1"
+body = 3
+headers = { meta = 2 }
+fields = { sender = "meta.who", thread_id = "body.conversation", kind = "meta.op" }
+kinds = { ask = "request" }
+"""
+    daemon, p = recorder(config)
+    p.send(b"events.chat", b'{"sender":"planner","thread_id":"t-9","kind":"request"}', b'{"text":"plan the release"}')
+    p.send(b"legacy", b"V1", b'{"who":"old-bot","op":"ask"}', b'{"conversation":"t-9","message":"legacy words"}')
+    recs = daemon.wait_records(2)
+    metas = [e.rec["meta"] for e in recs]
+    assert metas[0]["profile"] == "events" and metas[0]["sender"] == "planner" and metas[0]["kind"] == "request"
+    assert metas[1]["profile"] == "legacy" and metas[1]["sender"] == "old-bot" and metas[1]["kind"] == "request"
+    thread = cli(daemon, "thread", "t-9", "--format", "prompt").stdout
+    assert "plan the release" in thread and "legacy words" in thread
+    found = wait_for(lambda: (r := cli(daemon, "search", "legacy", "--json")).returncode == 0 and r.stdout,
+                     what="the legacy body to be searchable")
+    assert orjson.loads(found.splitlines()[0])["meta"]["profile"] == "legacy"
+
+
+def test_a_bad_profile_is_one_line_naming_the_key(workdir):
+    (workdir / "p.toml").write_text('[[enrich.profiles]]\nname = "x"\ntopic = "a."\nbody = -1\n')
+    result = run("persist-daemon", "--config", str(workdir / "p.toml"), "--check-config")
+    assert result.returncode == 2 and "enrich.profiles[0].body" in result.stderr, result.stderr
+
+
+def test_without_a_profile_every_json_frame_is_searchable(recorder):
+    daemon, p = recorder()
+    p.send(b"agent.multi", b'{"text":"first frame"}', b'{"note":"a marmalade in the third frame"}', b"\x00\xff")
+    daemon.wait_records(1)
+    found = wait_for(lambda: (r := cli(daemon, "search", "marmalade", "--json")).returncode == 0 and r.stdout,
+                     what="the third frame's words to be searchable")
+    assert orjson.loads(found)["topic"] == "agent.multi"

@@ -27,7 +27,7 @@ import structlog
 
 from persist.daemon.index.lock import give_back, indexer_pid, take_indexer_lock, try_indexer_lock  # noqa: F401 (API)
 from persist.daemon.index.search import entries, line_at  # noqa: F401 (API)
-from persist.daemon.log import reader, retention
+from persist.daemon.log import envelope, reader, retention
 from persist.daemon.log.errors import SearchIndexError
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.record import is_system
@@ -155,15 +155,16 @@ def connect(path: Path, create: bool = True) -> sqlite3.Connection:
 
 
 def searchable_text(rec: dict[str, Any], line: bytes | None = None) -> tuple[str, str]:
-    """``(text, fields)``: the message's main text, and every other string in its payload.
+    """``(text, fields)``: the message's main text, and every other string in its payload and in
+    every other JSON frame (headers, an envelope's body, a third frame), so all of them are searchable.
 
-    Walks the payload without recursion: a payload nested as deep as the
+    Walks the values without recursion: a payload nested as deep as the
     parser accepts is indexed like any other.
     """
     text = payload_text(rec, line)
     out: list[str] = []
-    if isinstance(rec.get("payload"), (dict, list)) and text != "" and not text.startswith(("{", "[")):
-        stack = [rec["payload"]]
+    if text != "" and not text.startswith(("{", "[")):
+        stack = [v for v in (rec.get("payload"), *envelope.json_frames(rec)) if isinstance(v, (dict, list))]
         while stack:
             v = stack.pop()
             if isinstance(v, str):

@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 DELIMITER = b"<IDS|MSG>"
+TEXT_FIELDS = ("text", "content", "message", "body", "prompt", "response", "result")  # a body's text, by name
 FIELDS = ("sender", "recipient", "thread_id", "parent_id", "kind", "tier")
 JUPYTER_KINDS = {
     "execute_request": "request", "execute_input": "request", "inspect_request": "request",
@@ -253,10 +254,20 @@ def _plain(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, dict):
-        for name in ("text", "content", "message", "body", "prompt", "response", "result"):
+        for name in TEXT_FIELDS:
             if isinstance(value.get(name), str):
                 return value[name]
     try:
         return orjson.dumps(value).decode()
     except (orjson.JSONEncodeError, TypeError):
         return "<a body nested too deeply to show>"
+
+
+def json_frames(rec: dict[str, Any]) -> list[Any]:
+    """The JSON values of a record's extra frames (after the payload), for search."""
+    values = []
+    for index in range(2, 2 + len(rec.get("extra_b64", ()))):
+        frame = recorded_frame(rec, index)
+        if frame and frame[:1] in (b"{", b"["):
+            values.append(_json(frame))
+    return values

@@ -14,11 +14,11 @@ from typing import Any, TextIO
 
 import orjson
 
-from persist.daemon.log import times
+from persist.daemon.log import envelope, times
+from persist.daemon.log.envelope import TEXT_FIELDS
 from persist.daemon.log.reader import Entry
 from persist.daemon.log.record import decode_frames, is_system
 
-TEXT_FIELDS = ("text", "content", "message", "body", "prompt", "response", "result")
 FORMATS = ("markdown", "prompt", "json")
 EXPORT_FORMATS = ("jsonl", "csv", "markdown")
 CSV_COLUMNS = ["seq", "received_at", "topic", "sender", "recipient", "thread_id", "kind", "text"]
@@ -29,7 +29,11 @@ def payload_text(rec: dict[str, Any], line: bytes | None = None) -> str:
 
     A payload too deeply nested to re-serialise is shown as the exact text
     the publisher sent (taken from ``line``), or a note when there is no line.
+    A record whose body is another frame (an envelope, see ``envelope``) shows that body.
     """
+    body = envelope.body_text(rec)
+    if body is not None:
+        return body
     if "payload_b64" in rec:
         return f"<{rec.get('meta', {}).get('bytes', '?')} bytes of binary>"
     payload = rec.get("payload", rec.get("payload_text", ""))
