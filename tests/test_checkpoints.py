@@ -24,6 +24,9 @@ from persist.daemon.log.layout import LogDir
 from procs import Broker, Daemon, Publisher, eventually, process_gone, short_tmpdir, wait_for
 
 
+pytestmark = pytest.mark.xdist_group("checkpoints")  # one worker records the module's session, once
+
+
 def manifests(log_dir):
     return cps.listing(LogDir(log_dir))
 
