@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS records (
     segment TEXT NOT NULL, offset INTEGER NOT NULL, replay_of INTEGER, own INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS records_thread ON records(thread_id, seq);
 CREATE INDEX IF NOT EXISTS records_time ON records(received_at);
+CREATE INDEX IF NOT EXISTS records_topic_sender ON records(topic, sender);  -- info counts without a table scan
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
     text, fields, sender, recipient, topic, thread_id, kind, tags, tokenize='unicode61');
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value);
