@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import select
@@ -99,6 +100,11 @@ class Broker:
         self.__init__(self.frontend, self.backend, *self.options)
 
 
+def die_with_test() -> None:
+    """In the child: SIGKILL when the test process that started it exits, so a failed test leaks no daemon."""
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class Daemon:
     """``persist-daemon`` as a subprocess recording into ``log_dir``."""
 
@@ -115,7 +121,7 @@ class Daemon:
 
     def start(self, wait: bool = True) -> Daemon:
         self.stderr = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen(self.args, stderr=self.stderr, env=self.env)
+        self.proc = subprocess.Popen(self.args, stderr=self.stderr, env=self.env, preexec_fn=die_with_test)
         if wait:
             wait_for(self.ping, what=f"daemon ping ({self.stderr_path})")
         return self
