@@ -51,8 +51,11 @@ COMMANDS = {
     "index": "search:index_group",
     "replay": "replay:replay",
     "info": "info:info",
+    "archive": "archive:group",
 }
-GLOBAL = ("log_dir", "config_path", "as_json", "utc")  # parameter names the global options set for every command
+ARCHIVE_COMMANDS = {"search": "archive:search_cmd", "thread": "archive:thread_cmd"}  # with --archive URL
+# parameter names the global options set for every command
+GLOBAL = ("log_dir", "config_path", "as_json", "utc", "archive_url")
 
 
 class Defaults(dict):
@@ -73,7 +76,10 @@ class Group(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
             return None
-        module, attr = COMMANDS[name].split(":")
+        target = COMMANDS[name]
+        if ctx.params.get("archive_url") and name in ARCHIVE_COMMANDS:
+            target = ARCHIVE_COMMANDS[name]
+        module, attr = target.split(":")
         return getattr(importlib.import_module(f"persist.cli.{module}"), attr)
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
@@ -115,16 +121,19 @@ class Group(click.Group):
 @click.option("--config", "config_path", metavar="FILE", help="TOML config file for any command.")
 @click.option("--json", "as_json", is_flag=True, help="JSON for scripts, for any command (errors too, on stderr).")
 @click.option("--utc", is_flag=True, help="Show and read times in UTC instead of local time.")
+@click.option("--archive", "archive_url", metavar="URL", help="search and thread answer from this PostgreSQL archive.")
 @click.version_option(package_name="persist", prog_name="persist-cli", message="%(prog)s %(version)s")
 @click.pass_context
-def cli(ctx: click.Context, log_dir: str | None, config_path: str | None, as_json: bool, utc: bool) -> None:
+def cli(ctx: click.Context, log_dir: str | None, config_path: str | None, as_json: bool, utc: bool,
+        archive_url: str | None) -> None:
     """Find, restore and replay what your agents said.
 
     Global options go before the command (persist-cli --log-dir D recent) or after it: the same either way.
     """
     times.use_utc(utc)  # per run: a command's own --utc turns it on too
     ctx.call_on_close(lambda: times.use_utc(False))  # and only for this run (tests run many in one process)
-    given = {"log_dir": log_dir, "config_path": config_path, "as_json": as_json or None, "utc": utc or None}
+    given = {"log_dir": log_dir, "config_path": config_path, "as_json": as_json or None, "utc": utc or None,
+             "archive_url": archive_url}
     ctx.default_map = Defaults({k: v for k, v in given.items() if v is not None})
     if ctx.invoked_subcommand is None:
         if sys.stdin.isatty() and sys.stdout.isatty():

@@ -78,6 +78,17 @@ class IndexSection:
 
 
 @dataclass
+class ArchiveSection:
+    url: str = ""  # postgresql://...: ship every record to this archive (SPEC section 12); "" ships nothing
+    node: str = ""  # this recorder's name in the archive; "" is the host name
+
+    @property
+    def node_name(self) -> str:
+        import socket
+        return self.node or socket.gethostname()
+
+
+@dataclass
 class LauncherSection:
     grace_s: float = 10.0
 
@@ -106,6 +117,7 @@ class Config:
     enrich: EnrichSection = field(default_factory=EnrichSection)
     launcher: LauncherSection = field(default_factory=LauncherSection)
     index: IndexSection = field(default_factory=IndexSection)
+    archive: ArchiveSection = field(default_factory=ArchiveSection)
     source: str | None = None
 
     @property

@@ -25,6 +25,7 @@ import zmq
 
 from persist.daemon import enrich, logs, memory
 from persist.daemon.agent_watch import AgentWatch
+from persist.daemon.archive import shipper
 from persist.daemon.bus import Bus
 from persist.daemon.config import Config
 from persist.daemon.control import ControlServer, sender_seq_handler
@@ -96,6 +97,9 @@ class Recorder:
         self.indexer = indexer.child(self.log)
         if self.cfg.index.enabled:
             self.indexer.start()
+        self.shipper = shipper.child(self.log, self.cfg.archive.url, self.cfg.archive.node_name)
+        if self.cfg.archive.url:
+            self.shipper.start()
         self.timers = self.timer_table()
         self.notify.ready(f"recording into {self.log.root}")
         log.info("recording", log_dir=str(self.log.root), endpoints=self.bus.endpoints,
@@ -110,7 +114,7 @@ class Recorder:
         timers.add("rotation", 1.0, lambda: journal.rotate_if_due() and timers.now("retention"))
         timers.add("retention", RETENTION_EVERY_S, self.apply_retention)
         timers.add("agents", 1.0, lambda: self.agents.tick() and self.stop())
-        timers.add("children", 1.0, self.indexer.check)
+        timers.add("children", 1.0, lambda: (self.indexer.check(), self.shipper.check()))
         timers.add("replays", 1.0, lambda: journal.replay_marks.expire(time.monotonic()))
         timers.add("memory", 0.25, self.memory.tick)
         timers.add("rate", 1.0, lambda: self.rate.append((time.time(), journal.recorded)))
@@ -201,6 +205,7 @@ class Recorder:
             self.journal.record(batch)
         self.journal.stop(self.bus.discard(started + STOP_SECONDS))
         self.indexer.stop()
+        self.shipper.stop()
         self.signals.close()
         self.agents.close()
         self.bus.close()

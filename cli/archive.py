@@ -1,0 +1,97 @@
+"""``persist-cli archive check`` and ``persist-cli --archive URL search|thread``: the PostgreSQL archive
+(SPEC section 12), a thin skin over ``persist.daemon.archive.query``. Every record is printed with its node."""
+
+from __future__ import annotations
+
+import click
+import orjson
+import psycopg
+
+from persist.cli.common import Failure, json_option, require_log, with_log_dir
+from persist.daemon import archive
+from persist.daemon.archive import query
+
+archive_option = click.option("--archive", "archive_url", metavar="URL",
+                              help="postgresql://... (default: [archive] url, $PERSIST_ARCHIVE_URL).")
+
+
+def open_archive(url: str | None, cfg=None) -> psycopg.Connection:
+    url = url or (cfg.archive.url if cfg is not None else "")
+    if not url:
+        raise Failure("no archive: give --archive URL or set [archive] url ($PERSIST_ARCHIVE_URL)")
+    try:
+        return archive.connect(url)
+    except psycopg.Error as exc:
+        raise Failure(f"archive {archive.safe_url(url)}: {' '.join(str(exc).split())}") from None
+
+
+def show(rows: list[dict], as_json: bool) -> None:
+    for r in rows:
+        if as_json:
+            rec = r["line"]
+            try:
+                rec = orjson.loads(rec)
+            except orjson.JSONDecodeError:
+                pass
+            click.echo(orjson.dumps({"node": r["node"], "epoch": r["epoch"], "record": rec}).decode())
+            continue
+        who = r["sender"] or r["topic"]
+        to = f" → {r['recipient']}" if r["recipient"] else ""
+        when = r["received_at"].isoformat(timespec="milliseconds") if r["received_at"] else "?"
+        text = " ".join(r["body"].split())[:200]
+        click.echo(f"{r['node']}  #{r['seq']}  {when}  {who}{to}: {text}")
+
+
+@click.command("search")
+@click.argument("query_text", metavar="QUERY")
+@click.option("--node", help="Only this node's records.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@archive_option
+@json_option
+def search_cmd(query_text: str, node: str | None, limit: int, archive_url: str | None, as_json: bool) -> None:
+    """Full-text search across every node of the archive, best match first; exit 1 when nothing matches."""
+    with open_archive(archive_url) as conn:
+        rows = query.search(conn, query_text, limit, node)
+    show(rows, as_json)
+    if not rows:
+        raise SystemExit(1)
+
+
+@click.command("thread")
+@click.argument("thread_id")
+@archive_option
+@json_option
+def thread_cmd(thread_id: str, archive_url: str | None, as_json: bool) -> None:
+    """One thread, from every node, in recorded order; exit 1 when the archive has none of it."""
+    with open_archive(archive_url) as conn:
+        rows = query.thread(conn, thread_id)
+    show(rows, as_json)
+    if not rows:
+        raise SystemExit(1)
+
+
+@click.group("archive")
+def group() -> None:
+    """The PostgreSQL archive several recorders ship to."""
+
+
+@group.command("check")
+@click.option("--node", help="This log's node name in the archive (default: [archive] node, the host name).")
+@archive_option
+@with_log_dir
+@json_option
+def check_cmd(cfg, log, node: str | None, archive_url: str | None, as_json: bool) -> None:
+    """Compare the local log with the archive, segment by segment (counts and checksums); exit 1 if they differ."""
+    require_log(log)
+    node = node or cfg.archive.node_name
+    with open_archive(archive_url, cfg) as conn:
+        problems = query.check(conn, log, node)
+    if as_json:
+        click.echo(orjson.dumps({"node": node, "differences": problems}).decode())
+    else:
+        for p in problems:
+            click.echo(p)
+        if not problems:
+            click.echo(f"the archive holds every record of this log (node {node}), byte for byte")
+    if problems:
+        raise SystemExit(1)

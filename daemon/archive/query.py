@@ -1,0 +1,86 @@
+"""What readers ask the archive: full-text search and threads across nodes, and ``check`` (the local
+log against what the archive holds for its node, segment by segment). Read-only; never migrates."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from persist.daemon import archive
+from persist.daemon.log import reader
+from persist.daemon.log.layout import LogDir
+
+SHOWN = "node, epoch, seq, received_at, topic, sender, recipient, thread_id, kind, body, line"
+
+
+def search(conn: psycopg.Connection, query: str, limit: int = 20, node: str | None = None) -> list[dict[str, Any]]:
+    """Best matches first (``websearch_to_tsquery``: any text the user types is a valid query)."""
+    where = "AND node = %(node)s" if node else ""
+    return conn.cursor(row_factory=dict_row).execute(
+        f"SELECT {SHOWN}, ts_rank(tsv, q) AS rank FROM persist_records, websearch_to_tsquery('simple', %(q)s) q "
+        f"WHERE tsv @@ q {where} ORDER BY rank DESC, received_at DESC LIMIT %(limit)s",
+        {"q": query, "limit": limit, "node": node}).fetchall()
+
+
+def thread(conn: psycopg.Connection, thread_id: str) -> list[dict[str, Any]]:
+    """Every turn of a thread, from every node, in recorded order."""
+    return conn.cursor(row_factory=dict_row).execute(
+        f"SELECT {SHOWN} FROM persist_records WHERE thread_id = %s ORDER BY received_at, node, seq",
+        (thread_id,)).fetchall()
+
+
+@dataclass
+class Span:
+    """The records of one epoch in one local segment, and their checksum."""
+
+    segment: str
+    epoch: str
+    first: int
+    last: int
+    count: int
+    md5: str
+
+
+def local_spans(log: LogDir) -> Iterator[Span]:
+    """Per segment and epoch: the seq range, the count and the md5 of the records' lines (as the archive keeps
+    them: without the newline, as UTF-8 text)."""
+    epoch, span, h = "", None, None
+    for line in reader.lines(log):
+        rec = archive.decode(line.data)
+        if rec is None:
+            continue
+        new_epoch = archive.epoch_of(rec, epoch)
+        if span is None or span.segment != line.segment or new_epoch != epoch:
+            if span is not None:
+                span.md5 = h.hexdigest()
+                yield span
+            span, h = Span(line.segment, new_epoch, rec["seq"], rec["seq"], 0, ""), hashlib.md5()
+        epoch = new_epoch
+        span.last, span.count = rec["seq"], span.count + 1
+        h.update(line.data.rstrip(b"\n").decode("utf-8", "replace").encode())
+    if span is not None:
+        span.md5 = h.hexdigest()
+        yield span
+
+
+def check(conn: psycopg.Connection, log: LogDir, node: str) -> list[str]:
+    """What differs between the local log and the archive's rows for ``node`` (empty: nothing)."""
+    problems = []
+    for span in local_spans(log):
+        count, md5 = conn.execute(
+            "SELECT count(*), coalesce(md5(string_agg(line, '' ORDER BY seq)), md5('')) FROM persist_records "
+            "WHERE node = %s AND epoch = %s AND segment = %s AND seq BETWEEN %s AND %s",
+            (node, span.epoch, span.segment, span.first, span.last)).fetchone()
+        what = f"segment {span.segment}" + (f" (epoch {span.epoch})" if span.epoch else "")
+        if count != span.count:
+            problems.append(f"{what}: {span.count} record(s) locally (seq {span.first}-{span.last}), "
+                            f"{count} in the archive")
+        elif md5 != span.md5:
+            problems.append(f"{what}: {count} record(s) on both sides but their bytes differ "
+                            f"(md5 {span.md5} locally, {md5} in the archive)")
+    return problems

@@ -1,0 +1,155 @@
+"""The shipper process: sends every record of one log dir to the PostgreSQL archive, in order, exactly once.
+
+``python -m persist.daemon.archive.shipper --log-dir D --url U --node N --parent PID``
+(the URL may come from ``$PERSIST_ARCHIVE_URL`` instead, which keeps a password
+out of ``ps``). Started and restarted by the daemon (``child()``, supervised by
+``persist.daemon.supervise``) like the indexer: it reads the log files, never
+the socket, so it can neither slow recording nor lose a record by crashing.
+
+It follows the log from the node's position committed in PostgreSQL, in
+batches of at most ``BATCH`` records or ``COMMIT_EVERY`` seconds, each landed
+with its new position in one transaction (``archive.ship``). While the archive
+is away it retries with capped exponential backoff and jitter, logging each
+distinct error once (one line naming the URL, never its password); the local
+log is the buffer meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import click
+import psycopg
+import structlog
+
+from persist.daemon import archive, logs
+from persist.daemon.archive.archive_child import ShipperChild
+from persist.daemon.index.indexer import die_with_parent
+from persist.daemon.log import reader
+from persist.daemon.log.layout import LogDir
+from persist.daemon.stopping import StopOnSignal
+
+BATCH = 2000
+COMMIT_EVERY = 0.25
+POLL = 0.2
+BACKOFF_BASE, BACKOFF_CAP = 0.5, 30.0
+log = structlog.get_logger("persist.archive")
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after ``failures`` failures in a row: doubling up to a cap, with jitter."""
+    return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(failures, 16)) * random.uniform(0.5, 1.0)
+
+
+def one_line(exc: BaseException) -> str:
+    return "; ".join(s.strip() for s in str(exc).splitlines() if s.strip()) or type(exc).__name__
+
+
+def still_there(log_dir: LogDir, pos: archive.Position) -> bool:
+    """Whether the last line shipped is still in the log where it was (not after a restore cut it back)."""
+    if pos.segment is None:
+        return pos.seq == 0
+    f = reader.open_segment(log_dir, pos.segment)
+    if f is None or pos.line is None:
+        return False
+    with f:
+        length = int(pos.line.split(":")[0])
+        return pos.offset >= length and archive.line_id(os.pread(f.fileno(), length, pos.offset - length)) == pos.line
+
+
+def batch(log_dir: LogDir, node: str, pos: archive.Position) -> tuple[list[tuple], archive.Position]:
+    """The rows after ``pos`` (at most ``BATCH``, or what ``COMMIT_EVERY`` seconds of reading gave) and the
+    position after them."""
+    rows: list[tuple] = []
+    after = pos
+    deadline = time.monotonic() + COMMIT_EVERY
+    for line in reader.lines(log_dir, (pos.segment, pos.offset), after_seq=pos.seq):
+        after = replace(after, segment=line.segment, offset=line.end, line=archive.line_id(line.data))
+        rec = archive.decode(line.data)
+        if rec is not None and rec["seq"] > after.seq:
+            epoch = archive.epoch_of(rec, after.epoch)
+            rows.append(archive.row(node, epoch, rec, line.segment, line.offset, line.data))
+            after = replace(after, epoch=epoch, seq=rec["seq"])
+        if len(rows) >= BATCH or time.monotonic() >= deadline:
+            break
+    return rows, after
+
+
+def follow(log_dir: LogDir, conn: psycopg.Connection, node: str, stop: StopOnSignal) -> None:
+    """Ship from the committed position until ``stop`` is set (a database error ends it by raising)."""
+    pos = archive.position(conn, node)
+    if not still_there(log_dir, pos):
+        log.warning("archive_rewind", node=node, segment=pos.segment, offset=pos.offset, seq=pos.seq,
+                    why="the last line shipped is no longer there (a restore cut the log back): "
+                        "reading the log again from its start; rows already shipped are kept once")
+        pos = archive.rewind(conn, node, pos)
+    while not stop.is_set():
+        rows, after = batch(log_dir, node, pos)
+        if after != pos:
+            archive.ship(conn, node, rows, pos, after)
+            pos = after
+            if rows:
+                continue
+        stop.wait(POLL)
+
+
+def run(log_dir: LogDir, url: str, node: str, stop: StopOnSignal) -> None:
+    """Connect, migrate, follow; on any database error wait (backoff) and start over from the committed position."""
+    where = archive.safe_url(url)
+    failures, last_error = 0, None
+    while not stop.is_set():
+        conn = None
+        try:
+            conn = archive.connect(url)
+            was = archive.migrate(conn)
+            if was < archive.VERSION:
+                log.info("archive_schema", url=where, version=archive.VERSION, was=was)
+            log.info("archive_connected", url=where, node=node)
+            failures, last_error = 0, None
+            follow(log_dir, conn, node, stop)
+        except (psycopg.Error, archive.PositionMoved, archive.ArchiveError) as exc:
+            failures += 1
+            error = one_line(exc)
+            if error != last_error:  # one line per distinct problem, not one per retry
+                log.error("archive_unavailable", url=where, node=node, error=error,
+                          retrying="with backoff; recording goes on and the local log is kept for it")
+                last_error = error
+            stop.wait(backoff(failures))
+        finally:
+            if conn is not None:
+                try:
+                    conn.close()
+                except psycopg.Error:
+                    pass
+
+
+def child(log_dir: LogDir, url: str, node: str) -> ShipperChild:
+    """The shipper as a child process the daemon supervises; its URL goes in its environment, not its argv."""
+    argv = [sys.executable, "-m", "persist.daemon.archive.shipper", "--log-dir", str(log_dir.root),
+            "--node", node, "--parent", str(os.getpid())]
+    return ShipperChild("shipper", argv, log_dir.root / "archive-shipper.out", {"PERSIST_ARCHIVE_URL": url})
+
+
+@click.command()
+@click.option("--log-dir", required=True)
+@click.option("--url", envvar="PERSIST_ARCHIVE_URL", required=True, help="postgresql://... (or $PERSIST_ARCHIVE_URL)")
+@click.option("--node", required=True, help="This recorder's name in the archive.")
+@click.option("--parent", type=int, help="The daemon's pid: stop when it is gone.")
+def main(log_dir: str, url: str, node: str, parent: int | None) -> None:
+    logs.setup("json", "info", sys.stderr)
+    stop = StopOnSignal(signal.SIGTERM, signal.SIGINT)
+    if parent:
+        die_with_parent(parent)
+    os.nice(5)  # recording comes first
+    run(LogDir(Path(log_dir).resolve()), url, node, stop)
+    log.info("shipper_stopped", node=node)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""The PostgreSQL archive (SPEC section 12) against a real PostgreSQL and real daemons: every node's
+records exactly once, through a shipper killed by -9 and a connection cut by the server; a wrong URL
+is one line in the daemon's log and costs no record; ``archive check``, search and thread across nodes.
+Each test gets its own database (``persist_test_<random>``), dropped at teardown, so runs can overlap."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+
+import orjson
+import pytest
+
+from libdir import run_cli
+from procs import eventually, heavy
+
+psycopg = pytest.importorskip("psycopg")
+SERVER = os.environ.get("PERSIST_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+
+
+def _admin():
+    try:
+        return psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL at {SERVER}: {exc}")
+
+
+@pytest.fixture
+def pg_url():
+    name = f"persist_test_{uuid.uuid4().hex[:12]}"
+    with _admin() as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield f"{SERVER}/{name}"
+    with _admin() as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def nodes(start_daemon, publish, workdir, pg_url):
+    """``nodes(*names)``: one daemon per name on the shared broker, each recording only its topic prefix
+    ``<name>/`` into its own log dir and shipping to ``pg_url``; and a publisher all of them hear."""
+
+    def make(*names, url=None):
+        daemons = {}
+        pub = publish()
+        for name in names:
+            env = {"PERSIST_ARCHIVE_URL": url or pg_url, "PERSIST_ARCHIVE_NODE": name,
+                   "PERSIST_SUBSCRIBE": f"{name}/,warmup"}
+            daemons[name] = start_daemon(log_dir=workdir / name, env=env)
+            pub.join(daemons[name])
+        return daemons, pub
+
+    return make
+
+
+def send(pub, node: str, i: int, thread: str = "t-shared", text: str = "hello") -> None:
+    pub.send(f"{node}/chat".encode(), orjson.dumps({"sender": f"agent-{node}", "thread_id": thread,
+                                                     "text": f"{text} {node} number {i}"}))
+
+
+def archived(url: str) -> dict[str, tuple[int, int]]:
+    """Per node: (rows, distinct keys)."""
+    with psycopg.connect(url) as conn:
+        return {n: (c, d) for n, c, d in conn.execute(
+            "SELECT node, count(*), count(DISTINCT (epoch, seq)) FROM persist_records GROUP BY node")}
+
+
+def caught_up(url: str, daemons) -> bool:
+    try:
+        have = archived(url)
+    except psycopg.Error:
+        return False
+    return all(have.get(n, (0, 0))[0] == len(d.records()) for n, d in daemons.items())
+
+
+def shipper_pid(daemon) -> int | None:
+    for pid in os.listdir("/proc"):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except (FileNotFoundError, PermissionError, ProcessLookupError, NotADirectoryError):
+            continue
+        if b"persist.daemon.archive.shipper" in cmd and str(daemon.log_dir).encode() in cmd:
+            return int(pid)
+    return None
+
+
+def assert_exactly_once(url, daemons) -> None:
+    assert eventually(lambda: caught_up(url, daemons), timeout=60), (archived(url), {
+        n: len(d.records()) for n, d in daemons.items()})
+    for name, (rows, keys) in archived(url).items():
+        assert rows == keys == len(daemons[name].records()), name
+        with psycopg.connect(url) as conn:
+            seqs = [s for (s,) in conn.execute("SELECT seq FROM persist_records WHERE node = %s ORDER BY seq",
+                                                (name,))]
+        assert seqs == [e.seq for e in daemons[name].records()], name
+
+
+def test_three_nodes_ship_exactly_once_and_answer_across_nodes(nodes, pg_url):
+    daemons, pub = nodes("alpha", "beta", "gamma")
+    for i in range(30):
+        for name in daemons:
+            send(pub, name, i, text="zebra" if i == 7 else "hello")
+    for d in daemons.values():
+        d.wait_records(30)
+    assert_exactly_once(pg_url, daemons)
+
+    for name, d in daemons.items():
+        r = run_cli("archive", "check", "--log-dir", str(d.log_dir), "--archive", pg_url, "--node", name)
+        assert r.returncode == 0, (r.stdout + r.stderr)
+        assert "byte for byte" in (r.stdout + r.stderr)
+
+    r = run_cli("--archive", pg_url, "search", "zebra")
+    assert r.returncode == 0, (r.stdout + r.stderr)
+    assert sorted(line.split()[0] for line in r.stdout.splitlines()) == ["alpha", "beta", "gamma"]
+    r = run_cli("--archive", pg_url, "search", 'zebra "unclosed -or OR (')  # no query is a syntax error
+    assert r.returncode in (0, 1), (r.stdout + r.stderr)
+    r = run_cli("--archive", pg_url, "--json", "thread", "t-shared")
+    assert r.returncode == 0, (r.stdout + r.stderr)
+    turns = [orjson.loads(line) for line in r.stdout.splitlines()]
+    assert len(turns) == 90 and {t["node"] for t in turns} == {"alpha", "beta", "gamma"}
+    times = [t["record"]["received_at"] for t in turns]
+    assert times == sorted(times)  # recorded order across nodes
+
+    with psycopg.connect(pg_url) as conn:  # the schema is versioned
+        assert conn.execute("SELECT value FROM persist_meta WHERE key = 'version'").fetchone() == ("1",)
+
+
+@heavy
+def test_shipper_killed_and_connection_cut_under_load_still_exactly_once(nodes, pg_url):
+    daemons, pub = nodes("one", "two")
+    stop = threading.Event()
+
+    def load():
+        i = 0
+        while not stop.is_set():
+            for name in daemons:
+                send(pub, name, i)
+            i += 1
+            time.sleep(0.0005)
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        for _ in range(3):
+            time.sleep(1.0)
+            pid = eventually(lambda: shipper_pid(daemons["one"]), timeout=10)
+            assert pid, "no shipper for node one"
+            os.kill(pid, signal.SIGKILL)  # mid-batch: whatever it had not committed is rolled back
+            time.sleep(0.5)
+            with psycopg.connect(pg_url, autocommit=True) as conn:  # the server cuts node two's shipper off
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE datname = current_database() AND application_name = 'persist'")
+    finally:
+        stop.set()
+        t.join()
+    for d in daemons.values():
+        d.wait_records(100)
+    assert_exactly_once(pg_url, daemons)
+    for name, d in daemons.items():
+        r = run_cli("archive", "check", "--log-dir", str(d.log_dir), "--archive", pg_url, "--node", name)
+        assert r.returncode == 0, (r.stdout + r.stderr)
+
+
+def test_wrong_url_is_one_line_in_the_daemons_log_and_recording_goes_on(nodes, pg_url):
+    bad = pg_url + "_no_such_database"
+    daemons, pub = nodes("lonely", url=bad)
+    d = daemons["lonely"]
+    for i in range(20):
+        send(pub, "lonely", i)
+    d.wait_records(20)
+    time.sleep(4)  # several retries
+    lines = [line for line in d.errors().splitlines() if "archive_unavailable" in line]
+    assert len(lines) == 1, d.errors()
+    assert "_no_such_database" in lines[0] and "does not exist" in lines[0]
+    r = run_cli("archive", "check", "--log-dir", str(d.log_dir), "--archive", bad)
+    assert r.returncode != 0 and "does not exist" in (r.stdout + r.stderr)
+
+
+def test_password_never_logged(nodes, pg_url):
+    url = pg_url.replace("postgres@", "postgres:s3cret-pw@").replace("5432", "1")  # nothing listens on port 1
+    daemons, pub = nodes("secretive", url=url)
+    d = daemons["secretive"]
+    assert eventually(lambda: "archive_unavailable" in d.errors(), timeout=10), d.errors()
+    assert "s3cret-pw" not in d.errors()
+    pid = shipper_pid(d)
+    assert pid and b"s3cret-pw" not in open(f"/proc/{pid}/cmdline", "rb").read()
