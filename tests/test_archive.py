@@ -76,6 +76,13 @@ def caught_up(url: str, daemons) -> bool:
     return all(have.get(n, (0, 0))[0] == len(d.records()) for n, d in daemons.items())
 
 
+def rows_of(url: str, node: str) -> int:
+    try:
+        return archived(url).get(node, (0, 0))[0]
+    except psycopg.Error:  # no schema yet
+        return 0
+
+
 def shipper_pid(daemon) -> int | None:
     for pid in os.listdir("/proc"):
         try:
@@ -187,3 +194,54 @@ def test_password_never_logged(nodes, pg_url):
     assert "s3cret-pw" not in d.errors()
     pid = shipper_pid(d)
     assert pid and b"s3cret-pw" not in open(f"/proc/{pid}/cmdline", "rb").read()
+
+
+def ship_until(log_root, url: str, node: str, rows: int) -> str:
+    """Run the shipper process on ``log_root`` until the archive holds ``rows`` rows of ``node``; its log."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "persist.daemon.archive.shipper", "--log-dir", str(log_root),
+                             "--node", node], env={**os.environ, "PERSIST_ARCHIVE_URL": url},
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        eventually(lambda: rows_of(url, node) >= rows, timeout=30)
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=10)[1]
+    assert archived(url).get(node, (0, 0)) == (rows, rows), err
+    return err
+
+
+def test_a_restore_in_place_forks_the_key_and_nothing_collides(workdir, pg_url):
+    from libdir import Built
+    from persist.daemon.log import checkpoints, reader, restore
+    from persist.daemon.log.record import Message, encode
+    from persist.daemon.log.store import SegmentWriter
+
+    b = Built(workdir / "forked")
+    for i in range(5):
+        b.send(b"chat", orjson.dumps({"sender": "a", "text": f"before {i}", "odd": "nul \u0000 here"}))
+    b.checkpoint(label="A")
+    for i in range(5):
+        b.send(b"chat", orjson.dumps({"sender": "a", "text": f"abandoned {i}"}))
+    b.close()
+    ship_until(b.root, pg_url, "n1", 10)
+
+    restore.restore_in_place(b.log, checkpoints.find(b.log, "A"))  # seq 6 is now the $persist/restore record
+    writer = SegmentWriter(b.log, "off")
+    writer.open(reader.first_record(b.log.active).seq)
+    for seq in range(7, 10):
+        msg = Message.from_frames([b"chat", orjson.dumps({"sender": "a", "text": f"after {seq}"})], time.time_ns())
+        writer.append(encode(msg, seq, {}))
+    writer.close()
+    err = ship_until(b.root, pg_url, "n1", 10 + 4)  # the restore record and 3 more, under a new epoch
+    assert "archive_rewind" in err
+
+    with psycopg.connect(pg_url) as conn:
+        epochs = dict(conn.execute("SELECT epoch, count(*) FROM persist_records GROUP BY epoch").fetchall())
+        assert conn.execute("SELECT count(*) FROM persist_records WHERE rec IS NULL").fetchone() == (0,)
+    assert epochs[""] == 10 and len(epochs) == 2 and sorted(epochs.values()) == [4, 10]
+    r = run_cli("archive", "check", "--log-dir", str(b.root), "--archive", pg_url, "--node", "n1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_cli("--archive", pg_url, "search", "abandoned")  # what the restore set aside stays searchable
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 5
