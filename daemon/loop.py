@@ -25,7 +25,7 @@ import zmq
 
 from persist.daemon import enrich, logs, memory
 from persist.daemon.agent_watch import AgentWatch
-from persist.daemon.archive import shipper
+from persist.daemon.archive import archive_child
 from persist.daemon.bus import Bus
 from persist.daemon.config import Config
 from persist.daemon.control import ControlServer, sender_seq_handler
@@ -97,7 +97,7 @@ class Recorder:
         self.indexer = indexer.child(self.log)
         if self.cfg.index.enabled:
             self.indexer.start()
-        self.shipper = shipper.child(self.log, self.cfg.archive.url, self.cfg.archive.node_name)
+        self.shipper = archive_child.child(self.log, self.cfg.archive.url, self.cfg.archive.node_name)
         if self.cfg.archive.url:
             self.shipper.start()
         self.timers = self.timer_table()

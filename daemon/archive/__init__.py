@@ -29,14 +29,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import psycopg
-from psycopg import conninfo
 
 from persist.daemon.index import searchable_text
 from persist.daemon.log.record import is_system
+
+if TYPE_CHECKING:  # psycopg is imported where a connection is made: the daemon itself never loads it
+    import psycopg
 
 VERSION = 1
 MAX_BODY = 100_000  # characters of one record that are searchable (a tsvector holds at most 1 MB)
@@ -90,6 +91,9 @@ class Position:
 
 def safe_url(url: str) -> str:
     """``url`` without its password, for logs and messages."""
+    import psycopg
+    from psycopg import conninfo
+
     try:
         parts = conninfo.conninfo_to_dict(url)
     except psycopg.Error:
@@ -102,6 +106,8 @@ def safe_url(url: str) -> str:
 
 
 def connect(url: str, timeout: int = 5) -> psycopg.Connection:
+    import psycopg
+
     return psycopg.connect(url, connect_timeout=timeout, application_name="persist")
 
 

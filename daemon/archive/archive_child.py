@@ -1,14 +1,17 @@
 """The shipper as a supervised child: like ``supervise.Child``, with the archive URL in its environment
 (never on its command line, where ``ps`` would show a password) and its log lines on the daemon's stderr,
-so a wrong URL shows in the daemon's own log (journalctl) as one line."""
+so a wrong URL shows in the daemon's own log (journalctl) as one line. Imports no database client:
+the daemon loads this module, never psycopg."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from persist.daemon.log.fsutil import open_private
+from persist.daemon.log.layout import LogDir
 from persist.daemon.supervise import Child
 
 
@@ -25,3 +28,10 @@ class ShipperChild(Child):
                                          close_fds=True, env={**os.environ, **self.env})
         finally:
             os.close(out)
+
+
+def child(log_dir: LogDir, url: str, node: str) -> ShipperChild:
+    """The shipper (``persist.daemon.archive.shipper``) as a child process the daemon supervises."""
+    argv = [sys.executable, "-m", "persist.daemon.archive.shipper", "--log-dir", str(log_dir.root),
+            "--node", node, "--parent", str(os.getpid())]
+    return ShipperChild("shipper", argv, log_dir.index / "shipper.out", {"PERSIST_ARCHIVE_URL": url})

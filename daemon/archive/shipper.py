@@ -29,7 +29,7 @@ import psycopg
 import structlog
 
 from persist.daemon import archive, logs
-from persist.daemon.archive.archive_child import ShipperChild
+from persist.daemon.archive.archive_child import child  # noqa: F401 (the daemon's entry point)
 from persist.daemon.index.indexer import die_with_parent
 from persist.daemon.log import reader
 from persist.daemon.log.layout import LogDir
@@ -127,13 +127,6 @@ def run(log_dir: LogDir, url: str, node: str, stop: StopOnSignal) -> None:
                     conn.close()
                 except psycopg.Error:
                     pass
-
-
-def child(log_dir: LogDir, url: str, node: str) -> ShipperChild:
-    """The shipper as a child process the daemon supervises; its URL goes in its environment, not its argv."""
-    argv = [sys.executable, "-m", "persist.daemon.archive.shipper", "--log-dir", str(log_dir.root),
-            "--node", node, "--parent", str(os.getpid())]
-    return ShipperChild("shipper", argv, log_dir.root / "archive-shipper.out", {"PERSIST_ARCHIVE_URL": url})
 
 
 @click.command()
