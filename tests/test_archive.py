@@ -61,6 +61,14 @@ def send(pub, node: str, i: int, thread: str = "t-shared", text: str = "hello") 
                                                      "text": f"{text} {node} number {i}"}))
 
 
+def settle(pub, daemons) -> None:
+    """Send one last message to each node and wait until it is recorded: everything before it is too."""
+    for name, d in daemons.items():
+        pub.send(f"{name}/end".encode(), b'{"text": "the end"}')
+    for name, d in daemons.items():
+        assert eventually(lambda: any(e.rec["topic"] == f"{name}/end" for e in d.records()), timeout=20), name
+
+
 def archived(url: str) -> dict[str, tuple[int, int]]:
     """Per node: (rows, distinct keys)."""
     with psycopg.connect(url) as conn:
@@ -110,8 +118,7 @@ def test_three_nodes_ship_exactly_once_and_answer_across_nodes(nodes, pg_url):
     for i in range(30):
         for name in daemons:
             send(pub, name, i, text="zebra" if i == 7 else "hello")
-    for d in daemons.values():
-        d.wait_records(30)
+    settle(pub, daemons)
     assert_exactly_once(pg_url, daemons)
 
     for name, d in daemons.items():
@@ -163,8 +170,7 @@ def test_shipper_killed_and_connection_cut_under_load_still_exactly_once(nodes, 
     finally:
         stop.set()
         t.join()
-    for d in daemons.values():
-        d.wait_records(100)
+    settle(pub, daemons)
     assert_exactly_once(pg_url, daemons)
     for name, d in daemons.items():
         r = run_cli("archive", "check", "--log-dir", str(d.log_dir), "--archive", pg_url, "--node", name)
@@ -184,6 +190,33 @@ def test_wrong_url_is_one_line_in_the_daemons_log_and_recording_goes_on(nodes, p
     assert "_no_such_database" in lines[0] and "does not exist" in lines[0]
     r = run_cli("archive", "check", "--log-dir", str(d.log_dir), "--archive", bad)
     assert r.returncode != 0 and "does not exist" in (r.stdout + r.stderr)
+
+    name = bad.rsplit("/", 1)[1]  # the archive comes (back): the shipper catches up, exactly once
+    with _admin() as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        assert_exactly_once(bad, daemons)
+        assert "archive_connected" in d.errors()
+    finally:
+        with _admin() as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_daemon_killed_under_load_then_restarted_ships_exactly_once(nodes, pg_url, start_daemon, workdir):
+    daemons, pub = nodes("phoenix")
+    for i in range(200):
+        send(pub, "phoenix", i)
+        if i == 100:
+            daemons["phoenix"].kill9()  # the shipper dies with it, mid-batch or not
+    env = {"PERSIST_ARCHIVE_URL": pg_url, "PERSIST_ARCHIVE_NODE": "phoenix", "PERSIST_SUBSCRIBE": "phoenix/,warmup"}
+    daemons["phoenix"] = start_daemon(log_dir=workdir / "phoenix", env=env)
+    pub.join(daemons["phoenix"])
+    for i in range(200, 250):
+        send(pub, "phoenix", i)
+    settle(pub, daemons)
+    assert_exactly_once(pg_url, daemons)
+    r = run_cli("archive", "check", "--log-dir", str(workdir / "phoenix"), "--archive", pg_url, "--node", "phoenix")
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_password_never_logged(nodes, pg_url):
