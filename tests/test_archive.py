@@ -278,3 +278,27 @@ def test_a_restore_in_place_forks_the_key_and_nothing_collides(workdir, pg_url):
     assert r.returncode == 0, r.stdout + r.stderr
     r = run_cli("--archive", pg_url, "search", "abandoned")  # what the restore set aside stays searchable
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 5
+
+
+def test_two_logs_given_one_node_name_are_refused_not_mixed(workdir, pg_url):
+    import subprocess
+    import sys
+
+    from libdir import Built
+    logs = []
+    for name in ("first", "second"):
+        b = Built(workdir / name)
+        for i in range(5):
+            b.send(b"chat", orjson.dumps({"sender": name, "text": f"{name} {i}"}))
+        logs.append(b.close())
+    ship_until(logs[0].root, pg_url, "same", 5)
+    proc = subprocess.Popen([sys.executable, "-m", "persist.daemon.archive.shipper", "--log-dir", str(logs[1].root),
+                             "--node", "same"], env={**os.environ, "PERSIST_ARCHIVE_URL": pg_url},
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    proc.terminate()
+    err = proc.communicate(timeout=10)[1]
+    assert "is another log" in err and err.count("archive_unavailable") == 1, err
+    assert archived(pg_url) == {"same": (5, 5)}
+    with psycopg.connect(pg_url) as conn:
+        assert {s for (s,) in conn.execute("SELECT sender FROM persist_records")} == {"first"}

@@ -57,7 +57,7 @@ CREATE INDEX persist_records_time ON persist_records (received_at);
 CREATE INDEX persist_records_segment ON persist_records (node, segment, epoch, seq);
 CREATE TABLE persist_position (
     node text PRIMARY KEY, epoch text NOT NULL DEFAULT '', segment text, "offset" bigint NOT NULL DEFAULT 0,
-    seq bigint NOT NULL DEFAULT 0, line text, updated_at timestamptz NOT NULL DEFAULT now());
+    seq bigint NOT NULL DEFAULT 0, line text, origin text, updated_at timestamptz NOT NULL DEFAULT now());
 CREATE FUNCTION persist_jsonb(t text) RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN RETURN t::jsonb; EXCEPTION WHEN others THEN RETURN NULL; END $$;
 """,
@@ -87,6 +87,7 @@ class Position:
     offset: int = 0
     seq: int = 0
     line: str | None = None  # "<length>:<md5>" of the last line shipped
+    origin: str | None = None  # "<length>:<md5>" of the log's first line: which log this node is
 
 
 def safe_url(url: str) -> str:
@@ -108,7 +109,8 @@ def safe_url(url: str) -> str:
 def connect(url: str, timeout: int = 5) -> psycopg.Connection:
     import psycopg
 
-    return psycopg.connect(url, connect_timeout=timeout, application_name="persist")
+    # autocommit: every write is in an explicit ``conn.transaction()`` block, nothing in an implicit one
+    return psycopg.connect(url, connect_timeout=timeout, application_name="persist", autocommit=True)
 
 
 def migrate(conn: psycopg.Connection) -> int:
@@ -132,9 +134,28 @@ def position(conn: psycopg.Connection, node: str) -> Position:
     """The node's committed position (created at the start of the log if it has none)."""
     with conn.transaction():
         conn.execute("INSERT INTO persist_position (node) VALUES (%s) ON CONFLICT DO NOTHING", (node,))
-        epoch, segment, offset, seq, line = conn.execute(
-            'SELECT epoch, segment, "offset", seq, line FROM persist_position WHERE node = %s', (node,)).fetchone()
-    return Position(epoch, segment, offset, seq, line)
+        epoch, segment, offset, seq, line, origin = conn.execute(
+            'SELECT epoch, segment, "offset", seq, line, origin FROM persist_position WHERE node = %s',
+            (node,)).fetchone()
+    return Position(epoch, segment, offset, seq, line, origin)
+
+
+def claim(conn: psycopg.Connection, node: str, origin: str | None) -> None:
+    """Make this connection the only shipper of ``node`` (a session advisory lock) and check that ``node``
+    is this log (``origin``: its first line's id; None when that segment is gone and it cannot be told).
+    Two recorders given one node name would otherwise drop each other's records as duplicates."""
+    key = f"persist-node:{node}"
+    if not conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()[0]:
+        raise ArchiveError(f"another shipper is shipping as node {node!r} right now; give each recorder its own "
+                           "[archive] node")
+    if origin is None:
+        return
+    with conn.transaction():
+        conn.execute("UPDATE persist_position SET origin = %s WHERE node = %s AND origin IS NULL", (origin, node))
+        theirs = conn.execute("SELECT origin FROM persist_position WHERE node = %s", (node,)).fetchone()[0]
+    if theirs != origin:
+        raise ArchiveError(f"node {node!r} in the archive is another log (its first record differs from this "
+                           "log's); give this recorder its own [archive] node")
 
 
 def line_id(line: bytes) -> str:
@@ -183,7 +204,7 @@ def ship(conn: psycopg.Connection, node: str, rows: list[tuple], before: Positio
                 copy.write_row(r)
         conn.execute(f"INSERT INTO persist_records ({COLUMNS}, rec) SELECT {COLUMNS}, persist_jsonb(rec) "
                      "FROM persist_staging ORDER BY seq ON CONFLICT DO NOTHING")
-        moved = conn.execute(
+        moved = conn.execute(  # the origin is left as it is: ``claim`` owns it
             'UPDATE persist_position SET epoch = %s, segment = %s, "offset" = %s, seq = %s, line = %s, '
             'updated_at = now() WHERE node = %s AND epoch = %s AND segment IS NOT DISTINCT FROM %s '
             'AND "offset" = %s AND seq = %s',

@@ -32,6 +32,7 @@ from persist.daemon import archive, logs
 from persist.daemon.archive.archive_child import child  # noqa: F401 (the daemon's entry point)
 from persist.daemon.index.indexer import die_with_parent
 from persist.daemon.log import reader
+from persist.daemon.log.entry import first_seq_of
 from persist.daemon.log.layout import LogDir
 from persist.daemon.stopping import StopOnSignal
 
@@ -81,14 +82,27 @@ def batch(log_dir: LogDir, node: str, pos: archive.Position) -> tuple[list[tuple
     return rows, after
 
 
-def follow(log_dir: LogDir, conn: psycopg.Connection, node: str, stop: StopOnSignal) -> None:
-    """Ship from the committed position until ``stop`` is set (a database error ends it by raising)."""
+def origin(log_dir: LogDir) -> str | None:
+    """The id of the log's first line, if the log still starts at seq 1 (retention may have deleted it)."""
+    first = next(reader.lines(log_dir), None)
+    return archive.line_id(first.data) if first is not None and first_seq_of(first.segment) == 1 else None
+
+
+def resume(log_dir: LogDir, conn: psycopg.Connection, node: str) -> archive.Position:
+    """Claim ``node`` and give the position to ship from: the committed one, or the log's start if the last
+    line shipped is no longer there."""
     pos = archive.position(conn, node)
+    archive.claim(conn, node, origin(log_dir))
     if not still_there(log_dir, pos):
         log.warning("archive_rewind", node=node, segment=pos.segment, offset=pos.offset, seq=pos.seq,
                     why="the last line shipped is no longer there (a restore cut the log back): "
                         "reading the log again from its start; rows already shipped are kept once")
         pos = archive.rewind(conn, node, pos)
+    return pos
+
+
+def follow(log_dir: LogDir, conn: psycopg.Connection, node: str, pos: archive.Position, stop: StopOnSignal) -> None:
+    """Ship from ``pos`` until ``stop`` is set (a database error ends it by raising)."""
     while not stop.is_set():
         rows, after = batch(log_dir, node, pos)
         if after != pos:
@@ -110,9 +124,10 @@ def run(log_dir: LogDir, url: str, node: str, stop: StopOnSignal) -> None:
             was = archive.migrate(conn)
             if was < archive.VERSION:
                 log.info("archive_schema", url=where, version=archive.VERSION, was=was)
-            log.info("archive_connected", url=where, node=node)
+            pos = resume(log_dir, conn, node)
+            log.info("archive_connected", url=where, node=node, seq=pos.seq)
             failures, last_error = 0, None
-            follow(log_dir, conn, node, stop)
+            follow(log_dir, conn, node, pos, stop)
         except (psycopg.Error, archive.PositionMoved, archive.ArchiveError) as exc:
             failures += 1
             error = one_line(exc)
