@@ -180,6 +180,8 @@ def _check(key: str, hint: Any, value: Any, source: str | None) -> Any:
         port = m.group(3) if m else None
         if not m or (port not in (None, "*") and not 0 < int(port) < 65536):
             raise ConfigError(key, f"{value!r} is not a ZeroMQ endpoint such as tcp://127.0.0.1:5555", source)
+    if key == "archive.url" and value and not value.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(key, "must be a postgresql://… URL, or empty to ship nothing", source)  # never echoed
     return value
 
 

@@ -302,3 +302,13 @@ def test_two_logs_given_one_node_name_are_refused_not_mixed(workdir, pg_url):
     assert archived(pg_url) == {"same": (5, 5)}
     with psycopg.connect(pg_url) as conn:
         assert {s for (s,) in conn.execute("SELECT sender FROM persist_records")} == {"first"}
+
+
+def test_config_archive_section_names_its_key():
+    from persist.daemon import config
+    cfg = config.load(None, {"archive": {"url": "postgresql://db/x", "node": "n9"}})
+    assert (cfg.archive.url, cfg.archive.node_name) == ("postgresql://db/x", "n9")
+    assert config.load(None, {}).archive.node_name  # the host name
+    with pytest.raises(config.ConfigError) as exc:
+        config.load(None, {"archive": {"url": "mysql://root:hunter2@db/x"}})
+    assert "archive.url" in str(exc.value) and "hunter2" not in str(exc.value)
