@@ -45,13 +45,17 @@ def show(rows: list[dict], as_json: bool) -> None:
 @click.command("search")
 @click.argument("query_text", metavar="QUERY")
 @click.option("--node", help="Only this node's records.")
+@click.option("--sender")
+@click.option("--topic", help="Topic prefix.")
+@click.option("--thread", "thread_id")
+@click.option("--kind")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @archive_option
 @json_option
-def search_cmd(query_text: str, node: str | None, limit: int, archive_url: str | None, as_json: bool) -> None:
+def search_cmd(query_text: str, limit: int, archive_url: str | None, as_json: bool, **filters: str | None) -> None:
     """Full-text search across every node of the archive, best match first; exit 1 when nothing matches."""
     with open_archive(archive_url) as conn:
-        rows = query.search(conn, query_text, limit, node)
+        rows = query.search(conn, query_text, limit, **filters)
     show(rows, as_json)
     if not rows:
         raise SystemExit(1)

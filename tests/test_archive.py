@@ -129,6 +129,8 @@ def test_three_nodes_ship_exactly_once_and_answer_across_nodes(nodes, pg_url):
     r = run_cli("--archive", pg_url, "search", "zebra")
     assert r.returncode == 0, (r.stdout + r.stderr)
     assert sorted(line.split()[0] for line in r.stdout.splitlines()) == ["alpha", "beta", "gamma"]
+    r = run_cli("--archive", pg_url, "search", "zebra", "--node", "beta", "--sender", "agent-beta", "--topic", "be")
+    assert [line.split()[0] for line in r.stdout.splitlines()] == ["beta"], r.stdout + r.stderr
     r = run_cli("--archive", pg_url, "search", 'zebra "unclosed -or OR (')  # no query is a syntax error
     assert r.returncode in (0, 1), (r.stdout + r.stderr)
     r = run_cli("--archive", pg_url, "--json", "thread", "t-shared")

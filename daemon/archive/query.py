@@ -18,13 +18,16 @@ from persist.daemon.log.layout import LogDir
 SHOWN = "node, epoch, seq, received_at, topic, sender, recipient, thread_id, kind, body, line"
 
 
-def search(conn: psycopg.Connection, query: str, limit: int = 20, node: str | None = None) -> list[dict[str, Any]]:
-    """Best matches first (``websearch_to_tsquery``: any text the user types is a valid query)."""
-    where = "AND node = %(node)s" if node else ""
+def search(conn: psycopg.Connection, query: str, limit: int = 20, **filters: str | None) -> list[dict[str, Any]]:
+    """Best matches first (``websearch_to_tsquery``: any text the user types is a valid query); ``filters``:
+    ``node``, ``sender``, ``kind``, ``thread_id`` (equal) and ``topic`` (a prefix)."""
+    where = "".join(f" AND {k} = %({k})s" for k in ("node", "sender", "kind", "thread_id") if filters.get(k))
+    if filters.get("topic"):
+        where += " AND starts_with(topic, %(topic)s)"
     return conn.cursor(row_factory=dict_row).execute(
         f"SELECT {SHOWN}, ts_rank(tsv, q) AS rank FROM persist_records, websearch_to_tsquery('simple', %(q)s) q "
-        f"WHERE tsv @@ q {where} ORDER BY rank DESC, received_at DESC LIMIT %(limit)s",
-        {"q": query, "limit": limit, "node": node}).fetchall()
+        f"WHERE tsv @@ q{where} ORDER BY rank DESC, received_at DESC LIMIT %(limit)s",
+        {"q": query, "limit": limit, **filters}).fetchall()
 
 
 def thread(conn: psycopg.Connection, thread_id: str) -> list[dict[str, Any]]:
