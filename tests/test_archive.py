@@ -314,3 +314,20 @@ def test_config_archive_section_names_its_key():
     with pytest.raises(config.ConfigError) as exc:
         config.load(None, {"archive": {"url": "mysql://root:hunter2@db/x"}})
     assert "archive.url" in str(exc.value) and "hunter2" not in str(exc.value)
+
+
+def test_hostile_records_land_whole(workdir, pg_url):
+    from libdir import Built
+    b = Built(workdir / "hostile")
+    b.send(b"bin", bytes(range(256)) * 10)  # not UTF-8: kept as base64 in the line
+    b.send(b"big", orjson.dumps({"text": "x" * 3_000_000 + " needle " + "word " * 100_000}))
+    b.send(b"deep", b"[" * 5000 + b"]" * 5000)
+    b.send(b"nul", b'{"text": "a\\u0000b", "sender": "n\\u0000ul", "thread_id": "\\ud800"}')
+    b.close()
+    n = len(b.records())
+    ship_until(b.root, pg_url, "h", n)
+    r = run_cli("archive", "check", "--log-dir", str(b.root), "--archive", pg_url, "--node", "h")
+    assert r.returncode == 0, r.stdout + r.stderr
+    with psycopg.connect(pg_url) as conn:
+        lines = [line for (line,) in conn.execute("SELECT line FROM persist_records ORDER BY seq")]
+    assert [(x + "\n").encode() for x in lines] == [e.line for e in b.records()]

@@ -37,6 +37,7 @@ from persist.daemon.log.layout import LogDir
 from persist.daemon.stopping import StopOnSignal
 
 BATCH = 2000
+BATCH_BYTES = 8 << 20  # a batch of big records ends sooner: the shipper's memory stays small
 COMMIT_EVERY = 0.25
 POLL = 0.2
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 30.0
@@ -65,10 +66,10 @@ def still_there(log_dir: LogDir, pos: archive.Position) -> bool:
 
 
 def batch(log_dir: LogDir, node: str, pos: archive.Position) -> tuple[list[tuple], archive.Position]:
-    """The rows after ``pos`` (at most ``BATCH``, or what ``COMMIT_EVERY`` seconds of reading gave) and the
-    position after them."""
+    """The rows after ``pos`` (at most ``BATCH`` or ``BATCH_BYTES``, or what ``COMMIT_EVERY`` seconds of reading
+    gave) and the position after them."""
     rows: list[tuple] = []
-    after = pos
+    after, size = pos, 0
     deadline = time.monotonic() + COMMIT_EVERY
     for line in reader.lines(log_dir, (pos.segment, pos.offset), after_seq=pos.seq):
         after = replace(after, segment=line.segment, offset=line.end, line=archive.line_id(line.data))
@@ -77,7 +78,8 @@ def batch(log_dir: LogDir, node: str, pos: archive.Position) -> tuple[list[tuple
             epoch = archive.epoch_of(rec, after.epoch)
             rows.append(archive.row(node, epoch, rec, line.segment, line.offset, line.data))
             after = replace(after, epoch=epoch, seq=rec["seq"])
-        if len(rows) >= BATCH or time.monotonic() >= deadline:
+            size += len(line.data)
+        if len(rows) >= BATCH or size >= BATCH_BYTES or time.monotonic() >= deadline:
             break
     return rows, after
 
