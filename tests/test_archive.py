@@ -66,7 +66,8 @@ def settle(pub, daemons) -> None:
     for name, d in daemons.items():
         pub.send(f"{name}/end".encode(), b'{"text": "the end"}')
     for name, d in daemons.items():
-        assert eventually(lambda: any(e.rec["topic"] == f"{name}/end" for e in d.records()), timeout=20), name
+        assert eventually(lambda d=d, name=name: any(e.rec["topic"] == f"{name}/end" for e in d.records()),
+                          timeout=20), name
 
 
 def archived(url: str) -> dict[str, tuple[int, int]]:
@@ -94,7 +95,8 @@ def rows_of(url: str, node: str) -> int:
 def shipper_pid(daemon) -> int | None:
     for pid in os.listdir("/proc"):
         try:
-            cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
         except (FileNotFoundError, PermissionError, ProcessLookupError, NotADirectoryError):
             continue
         if b"persist.daemon.archive.shipper" in cmd and str(daemon.log_dir).encode() in cmd:
@@ -223,12 +225,14 @@ def test_daemon_killed_under_load_then_restarted_ships_exactly_once(nodes, pg_ur
 
 def test_password_never_logged(nodes, pg_url):
     url = pg_url.replace("postgres@", "postgres:s3cret-pw@").replace("5432", "1")  # nothing listens on port 1
-    daemons, pub = nodes("secretive", url=url)
+    daemons, _ = nodes("secretive", url=url)
     d = daemons["secretive"]
     assert eventually(lambda: "archive_unavailable" in d.errors(), timeout=10), d.errors()
     assert "s3cret-pw" not in d.errors()
     pid = shipper_pid(d)
-    assert pid and b"s3cret-pw" not in open(f"/proc/{pid}/cmdline", "rb").read()
+    assert pid
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        assert b"s3cret-pw" not in f.read()
 
 
 def ship_until(log_root, url: str, node: str, rows: int) -> str:

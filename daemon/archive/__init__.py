@@ -177,7 +177,7 @@ def _text(value: Any) -> str | None:
 
 def _time(value: Any) -> datetime | None:
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return datetime.fromisoformat(str(value))
     except ValueError:
         return None
 
