@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
 import orjson
 import psycopg
@@ -15,12 +18,18 @@ archive_option = click.option("--archive", "archive_url", metavar="URL",
                               help="postgresql://... (default: [archive] url, $PERSIST_ARCHIVE_URL).")
 
 
-def open_archive(url: str | None, cfg=None) -> psycopg.Connection:
+@contextmanager
+def open_archive(url: str | None, cfg=None) -> Iterator[psycopg.Connection]:
+    """A connection to the archive; any database error is one line naming the URL (never its password)."""
     url = url or (cfg.archive.url if cfg is not None else "")
     if not url:
         raise Failure("no archive: give --archive URL or set [archive] url ($PERSIST_ARCHIVE_URL)")
     try:
-        return archive.connect(url)
+        with archive.connect(url) as conn:
+            yield conn
+    except psycopg.errors.UndefinedTable:
+        where = archive.safe_url(url)
+        raise Failure(f"archive {where}: no persist tables there yet (no shipper has connected)") from None
     except psycopg.Error as exc:
         raise Failure(f"archive {archive.safe_url(url)}: {' '.join(str(exc).split())}") from None
 

@@ -310,6 +310,11 @@ def test_two_logs_given_one_node_name_are_refused_not_mixed(workdir, pg_url):
         assert {s for (s,) in conn.execute("SELECT sender FROM persist_records")} == {"first"}
 
 
+def test_an_empty_archive_is_one_line(pg_url):
+    r = run_cli("--archive", pg_url, "search", "anything")
+    assert r.returncode == 1 and "no persist tables there yet" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_config_archive_section_names_its_key():
     from persist.daemon import config
     cfg = config.load(None, {"archive": {"url": "postgresql://db/x", "node": "n9"}})
