@@ -36,21 +36,31 @@ def broker():
     b.kill()
 
 
-@pytest.fixture
-def start_daemon(broker, log_dir):
-    """Start ``persist-daemon`` on the test broker; stopped (or killed) at teardown."""
-    started = []
+def daemons(default_log_dir, endpoint: str):
+    """``(start, started)``: start daemons connected to ``endpoint``; ``started`` is killed at teardown."""
+    started: list[Daemon] = []
 
-    def start(*args, log_dir=log_dir, connect=True, env=None, wait=True):
-        extra = ["--connect", broker.backend] if connect else []
+    def start(*args, log_dir=default_log_dir, connect=True, env=None, wait=True):
+        extra = ["--connect", endpoint] if connect else []
         d = Daemon(log_dir, *extra, *args, env=env).start(wait=wait)
         started.append(d)
         return d
 
-    yield start
+    return start, started
+
+
+def kill_left(started) -> None:
     for d in started:
         if d.proc.poll() is None:
             d.kill9()
+
+
+@pytest.fixture
+def start_daemon(broker, log_dir):
+    """Start ``persist-daemon`` on the test broker; stopped (or killed) at teardown."""
+    start, started = daemons(log_dir, broker.backend)
+    yield start
+    kill_left(started)
 
 
 NOWHERE = "tcp://127.0.0.1:9"  # nothing listens there: a daemon that records nothing from a bus
@@ -59,17 +69,9 @@ NOWHERE = "tcp://127.0.0.1:9"  # nothing listens there: a daemon that records no
 @pytest.fixture
 def lone_daemon(log_dir):
     """Start ``persist-daemon`` with no broker (for what its start and stop do to a log dir)."""
-    started = []
-
-    def start(*args, log_dir=log_dir, env=None, wait=True):
-        d = Daemon(log_dir, "--connect", NOWHERE, *args, env=env).start(wait=wait)
-        started.append(d)
-        return d
-
+    start, started = daemons(log_dir, NOWHERE)
     yield start
-    for d in started:
-        if d.proc.poll() is None:
-            d.kill9()
+    kill_left(started)
 
 
 @pytest.fixture
