@@ -32,7 +32,7 @@ def fail(code: int, message: str) -> None:
     sys.exit(code)
 
 
-def flag_overrides(connect, bind, subscribe, log_dir, checkpoint_interval, fsync, log_format, log_level):
+def flag_overrides(connect, bind, subscribe, log_dir, checkpoint_interval, fsync, log_format, log_level, archive_url):
     daemon = {
         "connect": list(connect) or None,
         "bind": list(bind) or None,
@@ -45,6 +45,7 @@ def flag_overrides(connect, bind, subscribe, log_dir, checkpoint_interval, fsync
     return {
         "daemon": {k: v for k, v in daemon.items() if v is not None},
         "checkpoint": {"interval": checkpoint_interval} if checkpoint_interval is not None else {},
+        "archive": {"url": archive_url} if archive_url is not None else {},
     }
 
 
@@ -58,6 +59,7 @@ def flag_overrides(connect, bind, subscribe, log_dir, checkpoint_interval, fsync
 @click.option("--fsync", type=click.Choice(["always", "batch", "off"]), help="always: fsync every batch; batch: at most 50 ms or 1000 records between fsyncs (default); off: leave it to the OS.")
 @click.option("--log-format", type=click.Choice(["auto", "console", "json"]), help="Log lines for humans (console) or machines (json); auto picks by TTY.")
 @click.option("--log-level", type=click.Choice(LEVELS), help="Lowest level logged (default info).")
+@click.option("--archive-url", metavar="URL", help="Ship every record to this PostgreSQL (postgresql://…; or PERSIST_ARCHIVE_URL, [archive] url).")
 @click.option("--check-config", is_flag=True, help="Validate the config and flags, print the result, exit.")
 @click.option("--launched", is_flag=True, hidden=True, help="Started by the launcher: stop when the last agent leaves.")
 def main(config_path, check_config, launched, **flags) -> None:

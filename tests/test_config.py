@@ -105,3 +105,11 @@ def test_the_shipped_example_is_valid_and_all_defaults():
     for section in config.SECTIONS:
         if section != "enrich":
             assert getattr(loaded, section) == getattr(defaults, section), section
+
+
+def test_archive_url_flag_is_checked_like_the_config_key(workdir):
+    bad = run("persist-daemon", "--log-dir", str(workdir / "l"), "--archive-url", "mysql://db/x", "--check-config")
+    assert bad.returncode == 2 and "archive.url" in bad.stderr and "mysql" not in bad.stderr, bad.stderr
+    good = run("persist-daemon", "--log-dir", str(workdir / "l"), "--archive-url", "postgresql://127.0.0.1/x",
+               "--check-config")
+    assert good.returncode == 0, good.stderr
