@@ -37,6 +37,16 @@ from persist.daemon.log.layout import LogDir
 NOT_RECORDING = 3  # `status` when no daemon records, as `systemctl is-active` says "inactive"
 
 
+def _archive_state(a: dict) -> str:
+    """The shipper's standing, as ``status`` shows it."""
+    behind = ("up to date" if a["records_behind"] == 0 else
+              f"{a['records_behind']} records ({a['seconds_behind']} s) behind" if a["records_behind"] else
+              f"shipped up to seq {a['shipped_seq']} of this fork")
+    if a["connected"]:
+        return f"connected, {behind}"
+    return style(f"NOT connected ({a['last_error'] or 'no word from the shipper yet'}), {behind}", fg="red")
+
+
 @click.command()
 @with_log_dir
 @json_option
@@ -87,6 +97,8 @@ def _print_status(info: dict, live: dict | None) -> None:
         rows.append(["rate", f"{live['rate']:.1f} msg/s; {live['recorded']} this run; gaps {live['gaps']}"])
         if live.get("disk_full"):
             rows.append(["DISK FULL", style(f"{live['spooled']} records waiting in memory, {live['dropped']} dropped", fg="red")])
+        if live.get("archive"):
+            rows.append(["archive", _archive_state(live["archive"])])
     cp = info["last_checkpoint"]
     rows.append(["checkpoint", f"{cp['id']} ({cp['reason']}), {ago(cp['created_at'])}" if cp else "none yet"])
     rows.append(["disk", f"{size(info['log_bytes'])} used by the log, {size(info['disk_free_bytes'])} free"])

@@ -81,6 +81,7 @@ class IndexSection:
 class ArchiveSection:
     url: str = ""  # postgresql://...: ship every record to this archive (SPEC section 12); "" ships nothing
     node: str = ""  # this recorder's name in the archive; "" is the host name
+    retention_waits: bool = True  # storage.retention never deletes a segment the archive has not confirmed
 
     @property
     def node_name(self) -> str:

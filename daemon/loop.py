@@ -26,6 +26,7 @@ import zmq
 from persist.daemon import enrich, logs, memory
 from persist.daemon.agent_watch import AgentWatch
 from persist.daemon.archive import archive_child
+from persist.daemon.archive import state as archive_state
 from persist.daemon.bus import Bus
 from persist.daemon.config import Config
 from persist.daemon.control import ControlServer, sender_seq_handler
@@ -162,7 +163,9 @@ class Recorder:
     def apply_retention(self) -> None:
         """Delete the closed segments ``storage.retention`` no longer keeps; log and record each."""
         try:
-            deleted = retention.apply(self.log, retention.parse(self.cfg.storage.retention))
+            waits = self.cfg.archive.url and self.cfg.archive.retention_waits
+            deleted = retention.apply(self.log, retention.parse(self.cfg.storage.retention),
+                                      confirmed_before=archive_state.confirmed_before(self.log) if waits else "")
         except OSError as exc:
             log.error("retention_failed", error=str(exc), hint="check the permissions of the log dir's segments/")
             return
@@ -231,6 +234,7 @@ class Recorder:
             "indexer_pid": self.indexer.pid,
             "indexer_restarts": self.indexer.restarts,
             "agents": self.agents.agents,
+            "archive": archive_state.summary(self.log, self.journal.seq) if self.cfg.archive.url else None,
         }
 
     def msg_rate(self) -> float:

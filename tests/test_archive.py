@@ -43,12 +43,12 @@ def nodes(start_daemon, publish, workdir, pg_url):
     """``nodes(*names)``: one daemon per name on the shared broker, each recording only its topic prefix
     ``<name>/`` into its own log dir and shipping to ``pg_url``; and a publisher all of them hear."""
 
-    def make(*names, url=None):
+    def make(*names, url=None, extra_env=None):
         daemons = {}
         pub = publish()
         for name in names:
             env = {"PERSIST_ARCHIVE_URL": url or pg_url, "PERSIST_ARCHIVE_NODE": name,
-                   "PERSIST_SUBSCRIBE": f"{name}/,warmup"}
+                   "PERSIST_SUBSCRIBE": f"{name}/,warmup", **(extra_env or {})}
             daemons[name] = start_daemon(log_dir=workdir / name, env=env)
             pub.join(daemons[name])
         return daemons, pub
@@ -340,3 +340,37 @@ def test_hostile_records_land_whole(workdir, pg_url):
     with psycopg.connect(pg_url) as conn:
         lines = [line for (line,) in conn.execute("SELECT line FROM persist_records ORDER BY seq")]
     assert [(x + "\n").encode() for x in lines] == [e.line for e in b.records()]
+
+
+def test_status_shows_the_archive_and_retention_waits_for_it(nodes, pg_url):
+    later = pg_url + "_later"
+    daemons, pub = nodes("waiter", url=later, extra_env={"PERSIST_STORAGE_ROTATE_BYTES": "3000",
+                                                         "PERSIST_STORAGE_RETENTION": "1KB"})
+    d = daemons["waiter"]
+
+    def burst(n: int) -> None:
+        for i in range(n):
+            send(pub, "waiter", i, text="x" * 100)
+        time.sleep(1.2)  # the rotation check runs once a second
+
+    for _ in range(3):
+        burst(40)
+    assert eventually(lambda: len(list(d.log.segments.glob("*.jsonl"))) >= 2, timeout=20), "rotations"
+    a = eventually(lambda: (s := d.try_status().get("archive")) and s.get("last_error") and s, timeout=20)
+    assert a and not a["connected"] and "does not exist" in a["last_error"] and a["records_behind"] > 0, a
+    shown = run_cli("status", "--log-dir", str(d.log_dir))
+    assert "archive" in shown.stdout and "NOT connected" in shown.stdout, shown.stdout
+    assert not list(d.log.segments.glob("*.deleted")), "nothing the archive has not confirmed is deleted"
+
+    name = later.rsplit("/", 1)[1]
+    with _admin() as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        assert eventually(lambda: caught_up(later, daemons), timeout=60)
+        burst(40)  # a rotation, then retention: now it may delete what the archive holds
+        assert eventually(lambda: list(d.log.segments.glob("*.deleted")), timeout=20), "retention went ahead"
+        a = eventually(lambda: (s := d.try_status().get("archive")) and s["connected"] and s, timeout=20)
+        assert a["last_error"] is None and a["shipped_seq"] > 0
+    finally:
+        with _admin() as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

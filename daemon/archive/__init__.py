@@ -182,6 +182,9 @@ def _time(value: Any) -> datetime | None:
         return None
 
 
+ROW_RECEIVED_AT = 5  # where ``row`` puts the record's received_at
+
+
 def row(node: str, epoch: str, rec: dict[str, Any], segment: str, offset: int, line: bytes) -> tuple:
     """The staging row of one record (``offset``: where its line starts)."""
     meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}

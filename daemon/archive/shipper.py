@@ -29,6 +29,7 @@ import psycopg
 import structlog
 
 from persist.daemon import archive, logs
+from persist.daemon.archive import state
 from persist.daemon.archive.archive_child import child  # noqa: F401 (the daemon's entry point)
 from persist.daemon.index.indexer import die_with_parent
 from persist.daemon.log import reader
@@ -41,6 +42,7 @@ BATCH_BYTES = 8 << 20  # a batch of big records ends sooner: the shipper's memor
 COMMIT_EVERY = 0.25
 POLL = 0.2
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 30.0
+NOTE_EVERY, NOTE_IDLE = 1.0, 30.0  # the state file: at most once a second while shipping, twice a minute idle
 log = structlog.get_logger("persist.archive")
 
 
@@ -105,14 +107,31 @@ def resume(log_dir: LogDir, conn: psycopg.Connection, node: str) -> archive.Posi
 
 def follow(log_dir: LogDir, conn: psycopg.Connection, node: str, pos: archive.Position, stop: StopOnSignal) -> None:
     """Ship from ``pos`` until ``stop`` is set (a database error ends it by raising)."""
+    noted, noted_pos = 0.0, None
+    shipped_at = None
     while not stop.is_set():
         rows, after = batch(log_dir, node, pos)
         if after != pos:
             archive.ship(conn, node, rows, pos, after)
             pos = after
-            if rows:
-                continue
-        stop.wait(POLL)
+            received = rows[-1][archive.ROW_RECEIVED_AT] if rows else None
+            shipped_at = received.timestamp() if received is not None else shipped_at
+        since = time.monotonic() - noted
+        if (pos != noted_pos and since >= NOTE_EVERY) or since >= NOTE_IDLE:  # a word for status, not a disk load
+            note(log_dir, pos, connected=True, shipped_at=shipped_at)
+            noted, noted_pos = time.monotonic(), pos
+        if not rows:
+            stop.wait(POLL)
+
+
+def note(log_dir: LogDir, pos: archive.Position, connected: bool, shipped_at: float | None = None,
+         error: str | None = None) -> None:
+    """Leave how far the shipper got for ``status`` and retention (``archive.state``); never raises."""
+    try:
+        state.write(log_dir, {"segment": pos.segment, "offset": pos.offset, "seq": pos.seq, "epoch": pos.epoch,
+                              "shipped_at": shipped_at, "connected": connected, "error": error})
+    except OSError as exc:
+        log.warning("shipper_state_unwritten", error=str(exc))
 
 
 def run(log_dir: LogDir, url: str, node: str, stop: StopOnSignal) -> None:
@@ -137,6 +156,9 @@ def run(log_dir: LogDir, url: str, node: str, stop: StopOnSignal) -> None:
                 log.error("archive_unavailable", url=where, node=node, error=error,
                           retrying="with backoff; recording goes on and the local log is kept for it")
                 last_error = error
+                old = state.read(log_dir) or {}
+                note(log_dir, archive.Position(old.get("epoch") or "", old.get("segment"), old.get("offset") or 0,
+                                               old.get("seq") or 0), connected=False, error=error)
             stop.wait(backoff(failures))
         finally:
             if conn is not None:

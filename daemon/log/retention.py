@@ -120,8 +120,12 @@ def delete(log: LogDir, path: Path, policy: Policy) -> dict[str, Any]:
     return info
 
 
-def apply(log: LogDir, policy: Policy | None, now: float | None = None) -> list[dict[str, Any]]:
-    """Delete what the policy no longer keeps; finish deletions a crash interrupted."""
+def apply(log: LogDir, policy: Policy | None, now: float | None = None, confirmed_before: str | None = "") -> list[dict[str, Any]]:
+    """Delete what the policy no longer keeps; finish deletions a crash interrupted.
+
+    ``confirmed_before``: when an archive must confirm a segment first, only segments named before this
+    one may go (None: none may); ``""`` (the default) means no archive is waited for.
+    """
     done = []
     for path in [seg.path for seg in reader.closed_segments(log)]:
         gone = deleted(log, path.name)
@@ -132,5 +136,7 @@ def apply(log: LogDir, policy: Policy | None, now: float | None = None) -> list[
             fsync_dir(log.segments)
     if policy is not None:
         for path in expired(log, policy, time.time() if now is None else now):
+            if confirmed_before != "" and (confirmed_before is None or path.name >= confirmed_before):
+                continue  # the archive has not confirmed it yet: kept
             done.append(delete(log, path, policy))
     return done
