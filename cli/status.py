@@ -33,7 +33,6 @@ from persist.daemon.log import lock, stats
 from persist.daemon.log.fsutil import cannot_write
 from persist.daemon.log.layout import LogDir
 
-
 NOT_RECORDING = 3  # `status` when no daemon records, as `systemctl is-active` says "inactive"
 
 

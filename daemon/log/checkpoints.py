@@ -19,9 +19,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import orjson
