@@ -1,4 +1,5 @@
-"""``persist-cli archive check`` and ``persist-cli --archive URL search|thread``: the PostgreSQL archive
+"""``persist-cli archive check`` and ``persist-cli --archive URL search|thread|threads|recent|export|stats|info``:
+the PostgreSQL archive
 (SPEC section 12), a thin skin over ``persist.daemon.archive.query``. Every record is printed with its node."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import click
 import orjson
 import psycopg
 
-from persist.cli.common import Failure, json_option, require_log, with_log_dir
+from persist.cli.common import Failure, json_option, parse_when, require_log, with_log_dir
 from persist.daemon import archive
 from persist.daemon.archive import query
 
@@ -81,6 +82,74 @@ def thread_cmd(thread_id: str, archive_url: str | None, as_json: bool) -> None:
     show(rows, as_json)
     if not rows:
         raise SystemExit(1)
+
+
+filters = [click.option("--node", help="Only this node's records."), click.option("--sender"),
+           click.option("--topic", help="Topic prefix."), click.option("--thread", "thread_id"), click.option("--kind")]
+
+
+def with_filters(f):
+    for option in reversed(filters):
+        f = option(f)
+    return f
+
+
+@click.command("recent")
+@click.option("-n", "count", type=click.IntRange(min=1, max=1_000_000), default=20, show_default=True)
+@with_filters
+@archive_option
+@json_option
+def recent_cmd(count: int, archive_url: str | None, as_json: bool, **filters: str | None) -> None:
+    """The newest records of every node, oldest of them first."""
+    with open_archive(archive_url) as conn:
+        show(query.recent(conn, count, **filters), as_json)
+
+
+@click.command("export")
+@click.option("--since", help="A time (ISO, local unless zoned) or 2h/yesterday.")
+@click.option("--until")
+@with_filters
+@archive_option
+def export_cmd(since: str | None, until: str | None, archive_url: str | None, **filters: str | None) -> None:
+    """Every record of every node in recorded order, one JSON object per line: {"node", "epoch", "record"}."""
+    bounds = {k: parse_when(v, f"--{k}") for k, v in (("since", since), ("until", until)) if v}
+    with open_archive(archive_url) as conn:
+        for row in query.records(conn, **filters, **bounds):
+            show([row], True)
+
+
+@click.command("threads")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@archive_option
+@json_option
+def threads_cmd(limit: int, archive_url: str | None, as_json: bool) -> None:
+    """Threads across every node, most recent first."""
+    with open_archive(archive_url) as conn:
+        rows = query.threads(conn, limit)
+    for r in rows:
+        if as_json:
+            click.echo(orjson.dumps({**r, "first": r["first"].isoformat(), "last": r["last"].isoformat()}).decode())
+        else:
+            click.echo(f"{r['thread_id']}  {r['turns']} turns  {r['first']:%Y-%m-%d %H:%M} → {r['last']:%Y-%m-%d %H:%M}"
+                       f"  nodes {', '.join(r['nodes'])}  {', '.join(r['participants'] or [])}")
+
+
+@click.command("stats")
+@click.option("--top", type=click.IntRange(min=1), default=15, show_default=True)
+@archive_option
+@json_option
+def stats_cmd(top: int, archive_url: str | None, as_json: bool) -> None:
+    """What the archive holds: records, time span, counts per node, topic and sender."""
+    with open_archive(archive_url) as conn:
+        data = query.summary(conn, top)
+    if as_json:
+        click.echo(orjson.dumps(data).decode())
+        return
+    click.echo(f"{data['records']} records, {data['first']} → {data['last']}")
+    for name in ("nodes", "topics", "senders"):
+        click.echo(f"\n{name}")
+        for key, n in data[name].items():
+            click.echo(f"  {n:>10}  {key}")
 
 
 @click.group("archive")

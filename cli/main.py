@@ -53,7 +53,11 @@ COMMANDS = {
     "info": "info:info",
     "archive": "archive:group",
 }
-ARCHIVE_COMMANDS = {"search": "archive:search_cmd", "thread": "archive:thread_cmd"}  # with --archive URL
+ARCHIVE_COMMANDS = {  # with --archive URL these answer from the archive, across nodes
+    "search": "archive:search_cmd", "thread": "archive:thread_cmd", "threads": "archive:threads_cmd",
+    "recent": "archive:recent_cmd", "export": "archive:export_cmd", "stats": "archive:stats_cmd",
+    "info": "archive:stats_cmd",
+}
 # parameter names the global options set for every command
 GLOBAL = ("log_dir", "config_path", "as_json", "utc", "archive_url")
 
@@ -121,7 +125,7 @@ class Group(click.Group):
 @click.option("--config", "config_path", metavar="FILE", help="TOML config file for any command.")
 @click.option("--json", "as_json", is_flag=True, help="JSON for scripts, for any command (errors too, on stderr).")
 @click.option("--utc", is_flag=True, help="Show and read times in UTC instead of local time.")
-@click.option("--archive", "archive_url", metavar="URL", help="search and thread answer from this PostgreSQL archive.")
+@click.option("--archive", "archive_url", metavar="URL", help="search, thread, threads, recent, export, stats and info answer from this PostgreSQL archive, across nodes.")
 @click.version_option(package_name="persist", prog_name="persist-cli", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, log_dir: str | None, config_path: str | None, as_json: bool, utc: bool,

@@ -374,3 +374,26 @@ def test_status_shows_the_archive_and_retention_waits_for_it(nodes, pg_url):
     finally:
         with _admin() as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_recent_threads_export_stats_and_info_answer_across_nodes(nodes, pg_url):
+    daemons, pub = nodes("north", "south")
+    for i in range(5):
+        for name in daemons:
+            send(pub, name, i, thread=f"t-{i % 2}")
+    settle(pub, daemons)
+    assert_exactly_once(pg_url, daemons)
+    recent = run_cli("--archive", pg_url, "recent", "-n", "4", "--json")
+    rows = [orjson.loads(x) for x in recent.stdout.splitlines()]
+    assert recent.returncode == 0 and len(rows) == 4 and {r["node"] for r in rows} <= {"north", "south"}
+    assert [r["record"]["received_at"] for r in rows] == sorted(r["record"]["received_at"] for r in rows)
+    threads = [orjson.loads(x) for x in run_cli("--archive", pg_url, "threads", "--json").stdout.splitlines()]
+    by_id = {t["thread_id"]: t for t in threads}
+    assert by_id["t-0"]["turns"] == 6 and sorted(by_id["t-0"]["nodes"]) == ["north", "south"]
+    export = run_cli("--archive", pg_url, "export", "--node", "south")
+    exported = [orjson.loads(x) for x in export.stdout.splitlines()]
+    assert [r["record"]["seq"] for r in exported] == [e.seq for e in daemons["south"].records()]
+    for command in ("stats", "info"):
+        data = orjson.loads(run_cli("--archive", pg_url, command, "--json").stdout)
+        assert data["records"] == sum(len(d.records()) for d in daemons.values())
+        assert set(data["nodes"]) == {"north", "south"}

@@ -1,5 +1,6 @@
-"""What readers ask the archive: full-text search and threads across nodes, and ``check`` (the local
-log against what the archive holds for its node, segment by segment). Read-only; never migrates."""
+"""What readers ask the archive: full-text search, threads, recent records, exports and counts across
+nodes, and ``check`` (the local log against what the archive holds for its node, segment by segment).
+Read-only; never migrates."""
 
 from __future__ import annotations
 
@@ -21,12 +22,9 @@ SHOWN = "node, epoch, seq, received_at, topic, sender, recipient, thread_id, kin
 def search(conn: psycopg.Connection, query: str, limit: int = 20, **filters: str | None) -> list[dict[str, Any]]:
     """Best matches first (``websearch_to_tsquery``: any text the user types is a valid query); ``filters``:
     ``node``, ``sender``, ``kind``, ``thread_id`` (equal) and ``topic`` (a prefix)."""
-    where = "".join(f" AND {k} = %({k})s" for k in ("node", "sender", "kind", "thread_id") if filters.get(k))
-    if filters.get("topic"):
-        where += " AND starts_with(topic, %(topic)s)"
     return conn.cursor(row_factory=dict_row).execute(
         f"SELECT {SHOWN}, ts_rank(tsv, q) AS rank FROM persist_records, websearch_to_tsquery('simple', %(q)s) q "
-        f"WHERE tsv @@ q{where} ORDER BY rank DESC, received_at DESC LIMIT %(limit)s",
+        f"WHERE tsv @@ q{_where(filters)} ORDER BY rank DESC, received_at DESC LIMIT %(limit)s",
         {"q": query, "limit": limit, **filters}).fetchall()
 
 
@@ -87,3 +85,53 @@ def check(conn: psycopg.Connection, log: LogDir, node: str) -> list[str]:
             problems.append(f"{what}: {count} record(s) on both sides but their bytes differ "
                             f"(md5 {span.md5} locally, {md5} in the archive)")
     return problems
+
+
+def _where(filters: dict[str, Any]) -> str:
+    where = "".join(f" AND {k} = %({k})s" for k in ("node", "sender", "kind", "thread_id") if filters.get(k))
+    if filters.get("topic"):
+        where += " AND starts_with(topic, %(topic)s)"
+    if filters.get("since"):
+        where += " AND received_at >= %(since)s::timestamptz"
+    if filters.get("until"):
+        where += " AND received_at <= %(until)s::timestamptz"
+    return where
+
+
+def recent(conn: psycopg.Connection, count: int, **filters: str | None) -> list[dict[str, Any]]:
+    """The newest ``count`` records of every node, oldest of them first."""
+    rows = conn.cursor(row_factory=dict_row).execute(
+        f"SELECT {SHOWN} FROM persist_records WHERE true{_where(filters)} "
+        "ORDER BY received_at DESC, node, seq DESC LIMIT %(count)s", {"count": count, **filters}).fetchall()
+    return rows[::-1]
+
+
+def records(conn: psycopg.Connection, **filters: str | None) -> Iterator[dict[str, Any]]:
+    """Every record (of the filters), in recorded order across nodes, streamed (a server-side cursor)."""
+    with conn.transaction(), conn.cursor(name="persist_export", row_factory=dict_row) as cur:
+        cur.execute(f"SELECT {SHOWN} FROM persist_records WHERE true{_where(filters)} "
+                    "ORDER BY received_at, node, seq", filters)
+        yield from cur
+
+
+def threads(conn: psycopg.Connection, limit: int) -> list[dict[str, Any]]:
+    """Threads across nodes, most recent first: turns, first and last time, nodes and participants."""
+    return conn.cursor(row_factory=dict_row).execute(
+        "SELECT thread_id, count(*) AS turns, min(received_at) AS first, max(received_at) AS last, "
+        "array_agg(DISTINCT node) AS nodes, array_agg(DISTINCT sender) FILTER (WHERE sender IS NOT NULL) "
+        "AS participants FROM persist_records WHERE thread_id IS NOT NULL GROUP BY thread_id "
+        "ORDER BY max(received_at) DESC LIMIT %s", (limit,)).fetchall()
+
+
+def summary(conn: psycopg.Connection, top: int = 15) -> dict[str, Any]:
+    """What the archive holds: records, span, and counts per node, topic and sender (``stats`` and ``info``)."""
+    total, first, last = conn.execute(
+        "SELECT count(*), min(received_at), max(received_at) FROM persist_records").fetchone()
+
+    def counts(column: str) -> dict[str, int]:
+        return dict(conn.execute(f"SELECT coalesce({column}, '?'), count(*) FROM persist_records "
+                                 f"GROUP BY 1 ORDER BY 2 DESC LIMIT %s", (top,)).fetchall())
+
+    return {"records": total, "first": first.isoformat() if first else None,
+            "last": last.isoformat() if last else None,
+            "nodes": counts("node"), "topics": counts("topic"), "senders": counts("sender")}
