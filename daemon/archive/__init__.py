@@ -198,6 +198,13 @@ def row(node: str, epoch: str, rec: dict[str, Any], segment: str, offset: int, l
             *(_text(meta.get(k)) for k in FIELDS), body, exact, exact.replace("\\u0000", "\\ufffd"))
 
 
+def psycopg_errors():
+    """``psycopg.errors``, imported where a connection is used (the daemon itself never loads psycopg)."""
+    import psycopg.errors
+
+    return psycopg.errors
+
+
 def ship(conn: psycopg.Connection, node: str, rows: list[tuple], before: Position, after: Position) -> None:
     """Land ``rows`` and move the node's position from ``before`` to ``after``, in one transaction."""
     with conn.transaction():
@@ -205,8 +212,13 @@ def ship(conn: psycopg.Connection, node: str, rows: list[tuple], before: Positio
         with conn.cursor().copy(f"COPY persist_staging ({COLUMNS}, rec) FROM STDIN") as copy:
             for r in rows:
                 copy.write_row(r)
-        conn.execute(f"INSERT INTO persist_records ({COLUMNS}, rec) SELECT {COLUMNS}, persist_jsonb(rec) "
-                     "FROM persist_staging ORDER BY seq ON CONFLICT DO NOTHING")
+        try:  # the plain cast first: one statement for the batch; the per-row safe cast only if it fails
+            with conn.transaction():
+                conn.execute(f"INSERT INTO persist_records ({COLUMNS}, rec) SELECT {COLUMNS}, rec::jsonb "
+                             "FROM persist_staging ORDER BY seq ON CONFLICT DO NOTHING")
+        except psycopg_errors().DataError:  # a NUL or a lone surrogate jsonb refuses: that row's rec is NULL
+            conn.execute(f"INSERT INTO persist_records ({COLUMNS}, rec) SELECT {COLUMNS}, persist_jsonb(rec) "
+                         "FROM persist_staging ORDER BY seq ON CONFLICT DO NOTHING")
         moved = conn.execute(  # the origin is left as it is: ``claim`` owns it
             'UPDATE persist_position SET epoch = %s, segment = %s, "offset" = %s, seq = %s, line = %s, '
             'updated_at = now() WHERE node = %s AND epoch = %s AND segment IS NOT DISTINCT FROM %s '
