@@ -71,19 +71,22 @@ def batch(log_dir: LogDir, node: str, pos: archive.Position) -> tuple[list[tuple
     """The rows after ``pos`` (at most ``BATCH`` or ``BATCH_BYTES``, or what ``COMMIT_EVERY`` seconds of reading
     gave) and the position after them."""
     rows: list[tuple] = []
-    after, size = pos, 0
+    epoch, seq, size, last = pos.epoch, pos.seq, 0, None
     deadline = time.monotonic() + COMMIT_EVERY
     for line in reader.lines(log_dir, (pos.segment, pos.offset), after_seq=pos.seq):
-        after = replace(after, segment=line.segment, offset=line.end, line=archive.line_id(line.data))
+        last = line
         rec = archive.decode(line.data)
-        if rec is not None and rec["seq"] > after.seq:
-            epoch = archive.epoch_of(rec, after.epoch)
+        if rec is not None and rec["seq"] > seq:
+            epoch = archive.epoch_of(rec, epoch)
             rows.append(archive.row(node, epoch, rec, line.segment, line.offset, line.data))
-            after = replace(after, epoch=epoch, seq=rec["seq"])
+            seq = rec["seq"]
             size += len(line.data)
         if len(rows) >= BATCH or size >= BATCH_BYTES or time.monotonic() >= deadline:
             break
-    return rows, after
+    if last is None:
+        return rows, pos
+    return rows, replace(pos, segment=last.segment, offset=last.end, line=archive.line_id(last.data), epoch=epoch,
+                         seq=seq)
 
 
 def origin(log_dir: LogDir) -> str | None:
