@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The archive shipper against the recorder, and queries across the archive, in one run.
 
-    .venv/bin/python scripts/bench_archive.py [--records 1000000] [--quick]
+    .venv/bin/python scripts/bench_archive.py [--records 1000000] [--messages 100000] [--quick]
 
 Needs the machine's PostgreSQL (``postgresql://postgres@127.0.0.1:5432``, or
 ``PERSIST_TEST_PG``); works in a database of its own, dropped at the end.
@@ -14,7 +14,6 @@ thread query across the archive (p50 of 20) and reads the shipper's peak RSS.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ from pathlib import Path
 import psycopg
 
 import bench_record
-from benchlib import build_log, machine, memory_mb, percentile
+from benchlib import build_log, machine, memory_mb, percentile, sizes
 from persist.daemon.archive import query
 
 SERVER = os.environ.get("PERSIST_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
@@ -86,12 +85,7 @@ def measure(records: int, burst: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--records", type=int, default=1_000_000)
-    ap.add_argument("--burst", type=int, default=100_000, help="messages in the recording-rate burst")
-    ap.add_argument("--quick", action="store_true", help="100k records, a 30k burst")
-    args = ap.parse_args()
-    r = measure(100_000 if args.quick else args.records, 30_000 if args.quick else args.burst)
+    r = measure(*sizes(__doc__, "messages in the recording-rate burst"))
     print(f"machine: {machine()}")
     print(f"catch-up: {r['records']:,} records in {r['catch_up_s']:.1f} s = {r['ship_rate']:,.0f} records/s shipped")
     print(f"recording (same run): {r['recording_rate']:,.0f} msg/s; ship rate ÷ recording rate "

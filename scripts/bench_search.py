@@ -12,7 +12,6 @@ JSONL. Then the recording rate with the indexer on vs off (target: ≤ 10 % slow
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import subprocess
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 import bench_record
-from benchlib import BIN, build_log, machine, percentile
+from benchlib import BIN, build_log, machine, percentile, sizes
 from persist.daemon import index
 from persist.daemon.index.search import Filters, search
 from persist.daemon.log import reader
@@ -89,12 +88,7 @@ def measure(records: int, record_messages: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--records", type=int, default=1_000_000)
-    ap.add_argument("--messages", type=int, default=100_000, help="burst size for the indexing-cost measure")
-    ap.add_argument("--quick", action="store_true", help="100k records, 30k-message bursts")
-    args = ap.parse_args()
-    r = measure(100_000 if args.quick else args.records, 30_000 if args.quick else args.messages)
+    r = measure(*sizes(__doc__, "burst size for the indexing-cost measure"))
     print(f"machine: {machine()}")
     print(f"log: {r['records']:,} records, {r['log_bytes'] / 2**20:.0f} MiB; index {r['index_bytes'] / 2**20:.0f} MiB, "
           f"rebuilt in {r['rebuild_s']:.1f} s")

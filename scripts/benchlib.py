@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from persist.daemon.log.layout import LogDir, segment_name
 from persist.daemon.log.record import Message, encode
-from procs import BIN, Daemon, memory_mb  # noqa: E402  (the harness the tests use)
+from procs import BIN, Daemon, memory_mb  # noqa: E402,F401  (the harness the tests use; memory_mb for the benches)
 
 AGENTS = ["claude_code", "gemini_cli", "planner", "tool_server", "critic"]
 KINDS = ["request", "response", "tool_call", "tool_result", "critique"]
@@ -123,3 +124,14 @@ def wait_until_receiving(daemon: Daemon, pub: zmq.Socket) -> None:
     while daemon.status()["recorded"] == base:
         pub.send_multipart([b"probe", b"{}"])
         time.sleep(0.05)
+
+
+def sizes(doc: str, burst_help: str) -> tuple[int, int]:
+    """The command line of a benchmark over a big log and a recording burst:
+    ``--records`` (1,000,000), ``--messages`` (100,000) or ``--quick`` (100k and 30k); returns both."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--messages", type=int, default=100_000, help=burst_help)
+    ap.add_argument("--quick", action="store_true", help="100k records, a 30k-message burst")
+    args = ap.parse_args()
+    return (100_000, 30_000) if args.quick else (args.records, args.messages)
