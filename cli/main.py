@@ -52,6 +52,7 @@ COMMANDS = {
     "replay": "replay:replay",
     "info": "info:info",
     "archive": "archive:group",
+    "web": "web.command:web",
 }
 ARCHIVE_COMMANDS = {  # with --archive URL these answer from the archive, across nodes
     "search": "archive:search_cmd", "thread": "archive:thread_cmd", "threads": "archive:threads_cmd",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create ./.venv (if missing) and install persist with its test tools into it.
+# Create ./.venv (if missing) and install persist with its test tools and the web viewer's extra into it.
 # Idempotent: run it again after a pull. Needs only python3 (3.11+) with venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,5 +9,5 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; th
     exit 2
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,web]'
 echo "setup: persist installed in .venv ($(.venv/bin/python --version))" >&2

@@ -1,0 +1,58 @@
+"""The Starlette application: each page module's routes, the Jinja2 templates, the vendored static files,
+and the ``guard`` in front of all of them.
+
+``Viewer`` is what every page is handed: the ``source`` (the log dir), the ``tail`` (the live records) and
+``page`` (a template rendered as a response).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from persist.cli.web.guard import Guard
+from persist.cli.web.source import Source
+from persist.cli.web.tail import Tail
+from persist.daemon.log.layout import LogDir
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+HERE = Path(__file__).parent
+HTMX = "htmx-2.0.11.min.js"
+HTMX_SSE = "htmx-ext-sse-2.2.4.min.js"
+
+
+@dataclass
+class Viewer:
+    source: Source
+    tail: Tail
+    templates: Jinja2Templates
+
+    def page(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
+        context.setdefault("log_dir", str(self.source.log.root))
+        return self.templates.TemplateResponse(request, name, {"htmx": HTMX, "htmx_sse": HTMX_SSE, **context},
+                                               status_code=status)
+
+
+def create(log: LogDir, token: str | None = None, hosts: set[str] | None = None) -> Guard:
+    """The whole application for ``log``, guarded (``token``: required on every request when set)."""
+    from persist.cli.web import agents, live, message, search, threads, timeline
+
+    viewer = Viewer(Source(log), Tail(log), Jinja2Templates(directory=str(HERE / "templates")))
+    viewer.templates.env.globals["log_name"] = log.root.name
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        viewer.tail.stop()
+
+    routes = [*live.routes(viewer), *threads.routes(viewer), *search.routes(viewer), *message.routes(viewer),
+              *agents.routes(viewer), *timeline.routes(viewer),
+              Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")]
+    return Guard(Starlette(routes=routes, lifespan=lifespan), token, hosts)

@@ -1,0 +1,135 @@
+"""The live page (the start page): the newest records at once, then each new one as it is recorded
+(server-sent events, swapped in by htmx's SSE extension), with filters that keep streaming, pause and
+resume, and the rate sparkline.
+
+Records are chosen as ``persist-cli recent`` chooses them (``select.recent``, ``select.matches``). Each
+event carries its seq as the SSE id and as the page's ``#last-seq``: resume (and a browser reconnecting
+with ``Last-Event-ID``) asks for the records after it, read from the log first and then from the ``tail``,
+each seq sent once, so nothing is missed and nothing shown twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+from persist.cli.web import show, svg
+from persist.daemon.log import reader, select
+from persist.daemon.log.reader import Entry
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+FIRST = 100  # records shown when the page opens
+FILTERS = ("topic", "sender", "kind", "thread")
+KEEPALIVE = 15.0  # seconds between comments on a quiet stream (a closed browser is noticed)
+
+
+def filters_of(request: Request) -> dict[str, Any]:
+    """The page's filters as ``select.matches`` takes them (an empty field: no filter)."""
+    q = request.query_params
+    chosen: dict[str, Any] = {k: q.get(k) or None for k in FILTERS}
+    chosen["system"] = q.get("system", "1") != "0"
+    return chosen
+
+
+def query_of(filters: dict[str, Any], **more: Any) -> str:
+    pairs = {k: v for k, v in filters.items() if k in FILTERS and v}
+    if not filters.get("system", True):
+        pairs["system"] = "0"
+    return urlencode({**pairs, **{k: v for k, v in more.items() if v is not None}})
+
+
+def _int(text: str | None, default: int) -> int:
+    try:
+        return int(text) if text is not None else default
+    except ValueError:
+        return default
+
+
+def routes(viewer) -> list[Route]:
+    row_template = viewer.templates.get_template("_row.html")
+    log = viewer.source.log
+
+    def event(e: Entry) -> str:
+        html = row_template.render(r=show.row(e), fresh=True) + (
+            f'<input type="hidden" id="last-seq" name="after" value="{e.seq}" hx-swap-oob="true">')
+        return "event: record\nid: %d\n%s\n\n" % (e.seq, "\n".join("data: " + x for x in html.splitlines()))
+
+    def newest(filters: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        last = reader.last_record(log)
+        rows = [show.row(e) for e in select.recent(log, FIRST, reverse=True, **filters)]
+        return rows, (last.seq if last else 0)
+
+    def backlog(after: int) -> Iterator[list[Entry]]:
+        """Every record after ``after`` in the log now, in chunks."""
+        chunk: list[Entry] = []
+        for line in reader.lines(log, viewer.source.position_after(after), after_seq=after):
+            e = reader.entry(line.data, line.path)
+            if e is not None and e.seq > after:
+                chunk.append(e)
+                if len(chunk) >= 500:
+                    yield chunk
+                    chunk = []
+        if chunk:
+            yield chunk
+
+    def page(request: Request) -> Response:
+        filters = filters_of(request)
+        rows, last = newest(filters)
+        return viewer.page(request, "live.html", tab="live", rows=rows, last=last, filters=filters,
+                           query=query_of(filters, after=last), rate=svg.sparkline(viewer.tail.rate()))
+
+    def panel(request: Request) -> Response:
+        filters = filters_of(request)
+        rows, last = newest(filters)
+        return viewer.page(request, "_panel.html", rows=rows, last=last, filters=filters,
+                           query=query_of(filters, after=last))
+
+    def stream_box(request: Request) -> Response:
+        filters = filters_of(request)
+        after = _int(request.query_params.get("after"), 0)
+        return viewer.page(request, "_stream.html", paused=request.query_params.get("paused") == "1", last=after,
+                           query=query_of(filters, after=after))
+
+    def rate(request: Request) -> Response:
+        return HTMLResponse(svg.sparkline(viewer.tail.rate()))
+
+    async def events(request: Request) -> Response:
+        filters = filters_of(request)
+        after = _int(request.headers.get("last-event-id") or request.query_params.get("after"), -1)
+        sub = await run_in_threadpool(viewer.tail.subscribe, asyncio.get_running_loop())
+
+        async def stream():
+            sent = after
+            try:
+                yield "retry: 1000\n\n"
+                if after >= 0:
+                    async for chunk in iterate_in_threadpool(backlog(after)):
+                        out = [event(e) for e in chunk if select.matches(e.rec, **filters)]
+                        sent = max(sent, chunk[-1].seq)
+                        if out:
+                            yield "".join(out)
+                while True:
+                    try:
+                        batch = await sub.get(KEEPALIVE)
+                    except asyncio.TimeoutError:
+                        yield ": keepalive\n\n"
+                        continue
+                    if batch is None:
+                        return  # too slow to keep up: the browser reconnects with Last-Event-ID and catches up
+                    out = [event(e) for e in batch if e.seq > sent and select.matches(e.rec, **filters)]
+                    sent = max(sent, batch[-1].seq)
+                    if out:
+                        yield "".join(out)
+            finally:
+                viewer.tail.unsubscribe(sub)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return [Route("/", page), Route("/live/panel", panel), Route("/live/stream", stream_box),
+            Route("/live/rate", rate), Route("/live/events", events)]

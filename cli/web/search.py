@@ -1,0 +1,63 @@
+"""The search page: ``persist-cli search`` in a form. The same query language and ranking
+(``persist.daemon.index.search.search``), the same filters (``Filters``, ``--since``/``--until`` through
+``times.parse_when``), hits read back from the JSONL; each hit opens its thread at that message (or the
+message itself when it has no thread), its snippet highlighted.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from markupsafe import Markup, escape
+from persist.cli.web import show
+from persist.daemon.index.search import Filters, search, with_records
+from persist.daemon.log import times
+from persist.daemon.log.errors import SearchIndexError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+MARKS = ("\ue000", "\ue001")  # snippet highlight, swapped for <mark> once the text is escaped
+LIMITS = (20, 50, 200)
+
+
+def highlighted(snippet: str) -> Markup:
+    return Markup(str(escape(" ".join(snippet.split()))).replace(MARKS[0], "<mark>").replace(MARKS[1], "</mark>"))
+
+
+def routes(viewer) -> list[Route]:
+    source = viewer.source
+
+    def page(request: Request) -> Response:
+        q = request.query_params
+        form = {k: q.get(k, "").strip() for k in ("q", "sender", "topic", "thread", "kind", "since", "until")}
+        limit = int(q.get("limit", "50")) if q.get("limit", "50").isdigit() else 50
+        hits, error = [], None
+        if form["q"]:
+            try:
+                filters = Filters(form["sender"] or None, form["topic"] or None, form["thread"] or None,
+                                  form["kind"] or None, _when(form["since"], "since"), _when(form["until"], "until"))
+                with source.index(wait=1.0) as db:
+                    found = with_records(source.log, search(db, form["q"], filters, max(1, min(limit, 1000)), MARKS))
+                for hit, e in found:
+                    r = show.row(e)
+                    r["snippet"] = highlighted(hit["snippet"])
+                    r["href"] = (f"/thread/{quote(r['thread'], safe='')}?at={r['seq']}#m{r['seq']}" if r["thread"]
+                                 else f"/message/{r['seq']}")
+                    hits.append(r)
+            except (SearchIndexError, ValueError) as exc:
+                error = str(exc)
+        return viewer.page(request, "search.html", tab="search", form=form, hits=hits, error=error, limit=limit,
+                           limits=LIMITS)
+
+    return [Route("/search", page)]
+
+
+def _when(text: str, name: str) -> str | None:
+    """A since/until field as ``--since``/``--until`` read it."""
+    if not text:
+        return None
+    try:
+        return times.parse_when(text)
+    except ValueError as exc:
+        raise ValueError(f"{name} {text!r} {exc}") from None

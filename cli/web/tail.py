@@ -1,0 +1,154 @@
+"""Following the log for the live page: one thread reads each record as it is appended and hands it to
+every subscriber (an SSE stream), and counts records per second for the rate sparkline.
+
+It reads through ``reader.lines`` from the byte where it stopped (as ``stats.Tally`` does), woken by
+``watch`` when the log dir changes and every ``POLL`` seconds anyway; it never writes and takes no lock,
+so the writer is never slowed. A subscriber too slow to keep up (its queue over ``MAX_QUEUE``) is
+dropped: its browser reconnects with the last seq it showed (``Last-Event-ID``) and catches up from the
+log, so nothing is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from persist.daemon.log import reader, times
+from persist.daemon.log.layout import LogDir
+from persist.daemon.log.reader import Entry
+from persist.daemon.log.watch import watch
+
+POLL = 0.5  # seconds between reads when no change was noticed
+MAX_QUEUE = 20000  # records waiting for one subscriber before it is dropped
+RATE_WINDOW = 120  # seconds the sparkline spans
+PREFILL = 50000  # records read back from the tail at start to fill the sparkline
+
+
+class Subscriber:
+    """A live page's queue: lists of new records, or None once it was dropped."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.queue, self.size = loop, asyncio.Queue(), 0
+
+    def offer(self, batch: list[Entry]) -> bool:
+        if self.size > MAX_QUEUE:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
+            return False
+        self.size += len(batch)
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, batch)
+        return True
+
+    async def get(self, timeout: float) -> list[Entry] | None:
+        batch = await asyncio.wait_for(self.queue.get(), timeout)
+        if batch is not None:
+            self.size -= len(batch)
+        return batch
+
+
+class Tail:
+    """The log followed from its end; started by the first subscriber, stopped with the server."""
+
+    def __init__(self, log: LogDir) -> None:
+        self.log = log
+        self.subscribers: set[Subscriber] = set()
+        self.per_second: Counter = Counter()
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.observer = None
+        self.last_seq = 0
+
+    def subscribe(self, loop: asyncio.AbstractEventLoop) -> Subscriber:
+        sub = Subscriber(loop)
+        self.ensure_started()
+        with self.lock:
+            self.subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        with self.lock:
+            self.subscribers.discard(sub)
+
+    def ensure_started(self) -> None:
+        with self.lock:
+            if self.thread is not None:
+                return
+            self.position, self.last_seq = self._end()
+            self._prefill()
+            self.observer = watch(str(self.log.root), lambda _event: self.wake.set())
+            self.thread = threading.Thread(target=self._run, name="persist-web-tail", daemon=True)
+            self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+        if self.observer is not None:
+            self.observer.stop()
+        if self.thread is not None:
+            self.thread.join(timeout=2)
+
+    def rate(self, now: float | None = None) -> list[int]:
+        """Records per second over the last ``RATE_WINDOW`` seconds, oldest first (this second last)."""
+        self.ensure_started()
+        end = int(now if now is not None else time.time())
+        with self.lock:
+            return [self.per_second.get(s, 0) for s in range(end - RATE_WINDOW + 1, end + 1)]
+
+    # --- the thread -------------------------------------------------------------------------
+
+    def _end(self) -> tuple[tuple[str | None, int], int]:
+        """Where the log ends now: the last segment's whole lines, and the newest seq."""
+        last = None
+        for seg, whole, _size in reader.extents(self.log):
+            last = (seg.name, whole)
+        newest = reader.last_record(self.log)
+        return (last or (None, 0)), (newest.seq if newest else 0)
+
+    def _prefill(self) -> None:
+        """Count the records of the last ``RATE_WINDOW`` seconds, read back from the tail."""
+        cutoff = time.time() - RATE_WINDOW
+        for n, e in enumerate(reader.records_backward(self.log)):
+            at = self._second(e.rec)
+            if at is None or at < cutoff or n >= PREFILL:
+                break
+            self.per_second[at] += 1
+
+    @staticmethod
+    def _second(rec: dict[str, Any]) -> int | None:
+        try:
+            return int(times.epoch(rec["received_at"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            self.wake.clear()  # before reading: a write meanwhile sets it again, and is read at once
+            batch: list[Entry] = []
+            for line in reader.lines(self.log, self.position, after_seq=self.last_seq):
+                self.position = (line.segment, line.end)
+                e = reader.entry(line.data, line.path)
+                if e is not None and e.seq > self.last_seq:
+                    self.last_seq = e.seq
+                    batch.append(e)
+                    if len(batch) >= 1000:
+                        self._hand_out(batch)
+                        batch = []
+            self._hand_out(batch)
+            self.wake.wait(POLL)
+
+    def _hand_out(self, batch: list[Entry]) -> None:
+        if not batch:
+            return
+        with self.lock:
+            for e in batch:
+                if (at := self._second(e.rec)) is not None:
+                    self.per_second[at] += 1
+            cutoff = int(time.time()) - RATE_WINDOW - 5
+            for old in [s for s in self.per_second if s < cutoff]:
+                del self.per_second[old]
+            dropped = [sub for sub in self.subscribers if not sub.offer(batch)]
+            self.subscribers.difference_update(dropped)
