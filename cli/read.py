@@ -115,10 +115,12 @@ def verify_cmd(cfg, log, as_json) -> None:
     from persist.daemon.log.verify import verify
 
     require_log(log)
+    tally: dict[str, int] = {}
     with log_progress(log, "verifying") as bar:
-        problems, records = verify(log, bar.update)
+        problems, records = verify(log, bar.update, tally=tally)
+    redacted = tally.get("redacted", 0)
     if as_json:
-        json_lines([{"ok": not problems, "records": records, "problems": problems}])
+        json_lines([{"ok": not problems, "records": records, "redacted": redacted, "problems": problems}])
         if problems:
             sys.exit(1)
         return
@@ -127,6 +129,8 @@ def verify_cmd(cfg, log, as_json) -> None:
     if problems:
         raise Failure(f"{len(problems)} problem(s) in {log.root}")
     click.echo(style("✓ ", fg="green") + f"{records} records, seq continuous, every checkpoint holds")
+    if redacted:
+        click.echo(f"  {redacted} of them redacted: checked against the frames as recorded, not the bytes published")
 
 
 @click.command()

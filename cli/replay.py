@@ -19,6 +19,7 @@ from persist.cli.common import (
 )
 from persist.daemon.config import ENDPOINT
 from persist.daemon.log import checkpoints
+from persist.daemon.log.record import is_exact
 from persist.daemon.replay import ReplayError, Selection, announced, ready_socket, send
 
 
@@ -63,16 +64,26 @@ def replay(cfg, log, checkpoint_id, since, until, topics, sender, thread_id, end
             sock = ready_socket(ctx, endpoint, bind, wait)
         except ReplayError as exc:
             raise Failure(str(exc)) from None
+        redacted = 0
+
+        def sent(e) -> None:
+            nonlocal redacted
+            bar.update(1)
+            redacted += not is_exact(e.rec)
+
         with progress(total, f"replaying to {endpoint}") as bar:
             try:
                 entries = announced(selection.entries(log), log, chunk=1000 if as_fast else 1)
-                n = send(sock, entries, None if as_fast else rate, lambda _: bar.update(1))
+                n = send(sock, entries, None if as_fast else rate, sent)
             except KeyboardInterrupt:
                 click.echo(f"\nreplay stopped after {bar.pos} of {total} messages", err=True)
                 sys.exit(130)
         if as_json:
-            json_lines([{"replayed": n, "to": endpoint}])
+            json_lines([{"replayed": n, "to": endpoint, "redacted": redacted}])
         else:
             click.echo(f"replayed {n} messages to {endpoint}", err=True)
+            if redacted:
+                click.echo(f"{redacted} of them redacted: sent as recorded, with their secrets replaced, "
+                           "not the bytes first published", err=True)
     finally:
         ctx.destroy(linger=5000)

@@ -91,6 +91,26 @@ class ArchiveSection:
 
 @dataclass
 class LauncherSection:
+@dataclass
+class RedactSection:
+    enabled: bool = False  # secrets replaced before a line is written (SPEC section 14)
+    rules_file: str = ""  # a gitleaks rule file (TOML), read as it is
+    disable_rules: list[str] = field(default_factory=list)  # built-in rule ids switched off
+    enable_rules: list[str] = field(default_factory=list)  # opt-in built-ins: high-entropy, secret-assignment
+    rules: list[dict] = field(default_factory=list)  # [[redact.rules]]: id, regex, keywords, secret_group, entropy
+
+
+@dataclass
+class CurveSection:
+    enabled: bool = False  # ZeroMQ CURVE authentication and encryption on the bus (SPEC section 14)
+    keys_dir: str = "~/.config/persist/curve"  # persist-cli keys init --dir: key pairs and clients/ (the allow-list)
+    allow_any: bool = False  # any client with a valid handshake, not only the keys in keys_dir/clients/
+
+    @property
+    def keys_path(self) -> Path:
+        return Path(self.keys_dir).expanduser()
+
+
     grace_s: float = 10.0
 
 
@@ -121,6 +141,8 @@ class Config:
     archive: ArchiveSection = field(default_factory=ArchiveSection)
     source: str | None = None
 
+    redact: RedactSection = field(default_factory=RedactSection)
+    curve: CurveSection = field(default_factory=CurveSection)
     @property
     def log_dir(self) -> Path:
         return Path(self.daemon.log_dir).expanduser()
@@ -216,6 +238,25 @@ def _check_profiles(profiles: list[dict], source: str | None) -> None:
 
 def apply(cfg: Config, values: dict[str, dict[str, Any]], source: str | None) -> set[str]:
     """Set ``{section: {key: value}}`` on ``cfg``, checking every key; return the keys set."""
+def _check_redact(cfg: RedactSection, source: str | None) -> None:
+    """Rule ids and ``[[redact.rules]]`` (cheap); the rule file is read where redaction is used
+    (``persist.daemon.redact.load_rules``: the daemon's start and ``--check-config``, ``persist-cli redact``)."""
+    if not (cfg.disable_rules or cfg.enable_rules or cfg.rules):
+        return
+    from persist.daemon.redact import user_rules
+    from persist.daemon.redact.rules import BUILTIN_IDS, OPT_IN, RuleError
+
+    for key, ids, known in (("redact.disable_rules", cfg.disable_rules, BUILTIN_IDS),
+                            ("redact.enable_rules", cfg.enable_rules, OPT_IN)):
+        for ident in ids:
+            if ident not in known:
+                raise ConfigError(key, f"no built-in rule {ident!r} (known: {', '.join(known)})", source)
+    try:
+        user_rules(cfg.rules)
+    except RuleError as exc:
+        raise ConfigError(exc.key, exc.problem, source) from None
+
+
     done = set()
     for section, table in values.items():
         if section not in SECTIONS:
@@ -233,6 +274,7 @@ def apply(cfg: Config, values: dict[str, dict[str, Any]], source: str | None) ->
     _check_profiles(cfg.enrich.profiles, source)
     return done
 
+    _check_redact(cfg.redact, source)
 
 def find_file(explicit: str | None) -> Path | None:
     """The config file to read: ``--config``, ``$PERSIST_CONFIG``, then the search path."""

@@ -1,7 +1,9 @@
 """The recorder's journal: every record the daemon writes goes through here, in seq order.
 
-The writer path, top to bottom: ``record(batch)`` parses each message, asks
-the enrichers for its ``meta``, notes sender gaps and replays, encodes one
+The writer path, top to bottom: ``record(batch)`` parses each message,
+replaces the secrets in it when ``[redact]`` is on (``redact``: the record is
+then of the redacted frames, and ``meta.redacted`` says so), asks the
+enrichers for its ``meta`` (which thus never copy a secret), notes sender gaps and replays, encodes one
 line per record with the next ``seq``, and ``append``s the batch; ``commit``
 makes it durable (a group commit, see ``log.store``). While the disk refuses,
 lines wait in the spool (``spool``) and the journal keeps order and ``seq``
@@ -28,6 +30,7 @@ from persist.daemon.log.layout import LogDir, segment_name
 from persist.daemon.log.record import Message, encode, frames_sha256, system_message
 from persist.daemon.log.store import DISK_FULL_ERRNOS, DiskFull, Repair, SegmentWriter, repair_tail
 from persist.daemon.log.times import epoch
+from persist.daemon.redact import Redactor
 from persist.daemon.replay_marks import ReplayMarks
 from persist.daemon.spool import Reserve, Spool
 
@@ -37,10 +40,12 @@ log = structlog.get_logger("persist.daemon")
 class Journal:
     """Sequence numbers, encoding, appends, the disk-full spool, commits and checkpoints."""
 
-    def __init__(self, log_dir: LogDir, cfg: Config, enrich: Callable[[Message], dict[str, Any]]) -> None:
+    def __init__(self, log_dir: LogDir, cfg: Config, enrich: Callable[[Message], dict[str, Any]],
+                 redact: Redactor | None = None) -> None:
         self.log = log_dir
         self.cfg = cfg
         self.enrich = enrich
+        self.redact = redact  # None: redaction off, nothing on the path
         self.writer = SegmentWriter(log_dir, cfg.daemon.fsync)
         self.spool = Spool(cfg.storage.backlog_bytes)
         self.reserve = Reserve(log_dir.recovery / "space.reserve")
@@ -51,6 +56,7 @@ class Journal:
         self.pending = 0  # records appended since the last commit
         self.pending_since = 0.0
         self.recorded = 0
+        self.redacted = 0  # records whose secrets were replaced
         self.gaps = 0
         self.checkpointed_seq = 0  # seq of the last $persist/checkpoint record
         self.last_checkpoint: dict[str, Any] | None = None
@@ -71,7 +77,7 @@ class Journal:
     # --- the writer path -----------------------------------------------------------
 
     def record(self, batch: list[list[bytes]]) -> None:
-        """Enrich and encode each message, then append the whole batch at once."""
+        """Redact, enrich and encode each message, then append the whole batch at once."""
         received_ns = time.time_ns()
         if self.spool.full:  # the disk refused and memory is used up: count, never block
             for _ in batch:
@@ -82,15 +88,22 @@ class Journal:
         if dropped:  # the gap stands where the loss happened, before what the spool takes again
             lines.append(self._gap_line({"reason": "disk_full", **dropped}, received_ns))
         enrich, parse, encode_line, marks = self.enrich, Message.from_frames, self._encode, self.replay_marks
+        redact = self.redact.message if self.redact is not None else None
         for frames in batch:
             msg = parse(frames, received_ns)
+            found = redact(msg) if redact is not None else None
+            if found is not None:  # the record is of the redacted frames, and says so
+                msg = found.message
+                self.redacted += 1
             meta = enrich(msg)
+            if found is not None:
+                meta["redacted"] = found.notes
             if "sender_seq" in meta:
                 gap = self.senders.observe(meta.get("sender"), meta["sender_seq"])
                 if gap:
                     lines.append(self._gap_line(gap, received_ns))
             if marks.pending:  # a replay is under way: is this one of its messages?
-                sha256 = frames_sha256(frames)
+                sha256 = frames_sha256(msg.frames)
                 replay_of = marks.take(sha256)
                 if replay_of is not None:
                     meta["replay_of"] = replay_of
@@ -290,6 +303,7 @@ class Journal:
             "last_seq": self.seq,
             "committed_seq": self.committed_seq,
             "recorded": self.recorded,
+            "redaction": None if self.redact is None else {"rules": len(self.redact.rules), "records": self.redacted},
             "gaps": self.gaps,
             "fsync": self.writer.fsync,
             "disk_full": bool(self.spool.lines),

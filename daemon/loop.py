@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 import zmq
 
-from persist.daemon import enrich, logs, memory
+from persist.daemon import enrich, logs, memory, redact
 from persist.daemon.agent_watch import AgentWatch
 from persist.daemon.archive import archive_child
 from persist.daemon.archive import state as archive_state
@@ -56,7 +56,7 @@ class Recorder:
         self.reload_config = reload
         self.launched = launched
         self.log = LogDir(cfg.log_dir)
-        self.journal = Journal(self.log, cfg, enrich.pipeline(cfg.enrich))
+        self.journal = Journal(self.log, cfg, enrich.pipeline(cfg.enrich), redact.from_config(cfg, self.log.root))
         self.outage = Outage()
         self.notify = Notifier()
         self.memory = memory.AfterBursts(RELEASE_AFTER_BYTES)
@@ -180,10 +180,11 @@ class Recorder:
         self.stopping = True
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config; apply subscriptions, enrichment, fsync, storage and log level."""
+        """SIGHUP: re-read the config; apply subscriptions, enrichment, redaction, fsync, storage and log level."""
         try:
             cfg = self.reload_config()
         except Exception as exc:
+            redactor = redact.from_config(cfg, self.log.root)
             log.error("reload_failed", error=str(exc), hint="fix the config; the old one stays in force")
             return
         self.cfg.enrich, self.cfg.storage, self.cfg.checkpoint = cfg.enrich, cfg.storage, cfg.checkpoint
@@ -193,6 +194,7 @@ class Recorder:
         self.journal.writer.fsync = cfg.daemon.fsync
         self.journal.enrich = enrich.pipeline(cfg.enrich)
         self.journal.spool.limit = cfg.storage.backlog_bytes
+        self.cfg.redact, self.journal.redact = cfg.redact, redactor
         self.bus.subscribe(cfg.daemon.subscribe)
         self.timers.now("retention")  # a new retention acts at once
         log.info("reloaded", config=cfg.source, subscribe=cfg.daemon.subscribe, fsync=cfg.daemon.fsync)

@@ -14,7 +14,7 @@ import traceback
 import click
 import structlog
 
-from persist.daemon import config, logs
+from persist.daemon import config, logs, redact
 from persist.daemon.bus import BusError
 from persist.daemon.control import ControlError
 from persist.daemon.log import lock, restore
@@ -22,6 +22,7 @@ from persist.daemon.log.fsutil import NotOurs, write_atomically
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.store import FsyncFailed
 from persist.daemon.loop import Recorder
+from persist.daemon.redact.rules import RuleError
 
 LEVELS = ("debug", "info", "warning", "error")
 log = structlog.get_logger("persist.daemon")
@@ -67,8 +68,12 @@ def main(config_path, check_config, launched, **flags) -> None:
     overrides = flag_overrides(**flags)
     try:
         cfg = config.load(config_path, overrides)
+        if cfg.redact.enabled:
+            redact.load_rules(cfg.redact)  # the rule file too: a bad rule is refused before anything starts
     except config.ConfigError as exc:
         fail(2, f"{exc}")
+    except RuleError as exc:
+        fail(2, f"config key '{exc.key}': {exc.problem}")
     if check_config:
         click.echo(f"config ok ({cfg.source or 'defaults'}): log_dir={cfg.log_dir} connect={cfg.daemon.connect} bind={cfg.daemon.bind}")
         return

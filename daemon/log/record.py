@@ -229,6 +229,13 @@ def decode_frames(line: bytes, rec: dict[str, Any] | None = None) -> list[bytes]
     return [topic, payload, *(base64.b64decode(x) for x in rec.get("extra_b64", ()))]
 
 
+def is_exact(rec: dict[str, Any]) -> bool:
+    """False for a record whose frames are not the bytes published: secrets in it were redacted (``meta.redacted``,
+    SPEC section 14). Its ``meta.sha256`` and ``meta.bytes`` are those of the frames as recorded."""
+    meta = rec.get("meta")
+    return not (isinstance(meta, dict) and "redacted" in meta)
+
+
 def is_system(rec: dict[str, Any]) -> bool:
     """True for records the daemon wrote about itself (never a bus message on a ``$persist/`` topic)."""
     return rec.get("topic", "").startswith(SYSTEM_PREFIX) and "origin" not in rec

@@ -11,6 +11,10 @@ the line or the checkpoint:
   tail that ``persist-cli recover`` quarantines (while a daemon runs, they
   are a line still being written);
 * every checkpoint problem (``checkpoints.verify``), unreadable manifests included.
+
+A redacted record (``meta.redacted``, SPEC section 14) is checked like any
+other: its ``meta.sha256`` is of the frames as recorded. It is counted
+(``tally["redacted"]``), since its frames are not the bytes published.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 
 from persist.daemon.log import checkpoints, lock, reader
 from persist.daemon.log.layout import LogDir
-from persist.daemon.log.record import decode_frames, frames_sha256, is_system
+from persist.daemon.log.record import decode_frames, frames_sha256, is_exact, is_system
 
 
 def sha256_problem(rec: dict[str, Any], line: bytes) -> str | None:
@@ -45,8 +49,10 @@ def torn_tails(log: LogDir) -> list[str]:
     return problems
 
 
-def verify(log: LogDir, progress: Callable[[int], None] | None = None, limit: int = 50) -> tuple[list[str], int]:
-    """``(problems, records)`` for the whole log dir."""
+def verify(log: LogDir, progress: Callable[[int], None] | None = None, limit: int = 50,
+           tally: dict[str, int] | None = None) -> tuple[list[str], int]:
+    """``(problems, records)`` for the whole log dir; ``tally["redacted"]``, if given, counts the records
+    that are not the bytes published."""
     problems: list[str] = []
     expected: int | None = None
     records = lineno = 0
@@ -63,6 +69,8 @@ def verify(log: LogDir, progress: Callable[[int], None] | None = None, limit: in
             problems.append(f"{line.path.name}:{lineno} (byte {line.offset}): not a whole record")
             continue
         records += 1
+        if tally is not None and not is_exact(e.rec):
+            tally["redacted"] = tally.get("redacted", 0) + 1
         if expected is not None and e.seq != expected:
             why = "repeats" if e.seq < expected else f"skips {e.seq - expected}"
             problems.append(f"{line.path.name}:{lineno}: seq {e.seq} {why} (expected {expected})")
