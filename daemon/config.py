@@ -90,8 +90,6 @@ class ArchiveSection:
 
 
 @dataclass
-class LauncherSection:
-@dataclass
 class RedactSection:
     enabled: bool = False  # secrets replaced before a line is written (SPEC section 14)
     rules_file: str = ""  # a gitleaks rule file (TOML), read as it is
@@ -111,6 +109,8 @@ class CurveSection:
         return Path(self.keys_dir).expanduser()
 
 
+@dataclass
+class LauncherSection:
     grace_s: float = 10.0
 
 
@@ -139,10 +139,10 @@ class Config:
     launcher: LauncherSection = field(default_factory=LauncherSection)
     index: IndexSection = field(default_factory=IndexSection)
     archive: ArchiveSection = field(default_factory=ArchiveSection)
-    source: str | None = None
-
     redact: RedactSection = field(default_factory=RedactSection)
     curve: CurveSection = field(default_factory=CurveSection)
+    source: str | None = None
+
     @property
     def log_dir(self) -> Path:
         return Path(self.daemon.log_dir).expanduser()
@@ -236,8 +236,6 @@ def _check_profiles(profiles: list[dict], source: str | None) -> None:
             raise ConfigError(f"enrich.profiles[{i}].{key}", problem, source) from None
 
 
-def apply(cfg: Config, values: dict[str, dict[str, Any]], source: str | None) -> set[str]:
-    """Set ``{section: {key: value}}`` on ``cfg``, checking every key; return the keys set."""
 def _check_redact(cfg: RedactSection, source: str | None) -> None:
     """Rule ids and ``[[redact.rules]]`` (cheap); the rule file is read where redaction is used
     (``persist.daemon.redact.load_rules``: the daemon's start and ``--check-config``, ``persist-cli redact``)."""
@@ -257,6 +255,8 @@ def _check_redact(cfg: RedactSection, source: str | None) -> None:
         raise ConfigError(exc.key, exc.problem, source) from None
 
 
+def apply(cfg: Config, values: dict[str, dict[str, Any]], source: str | None) -> set[str]:
+    """Set ``{section: {key: value}}`` on ``cfg``, checking every key; return the keys set."""
     done = set()
     for section, table in values.items():
         if section not in SECTIONS:
@@ -272,9 +272,9 @@ def _check_redact(cfg: RedactSection, source: str | None) -> None:
             done.add(f"{section}.{key}")
     _check_tags(cfg.enrich.tags, source)
     _check_profiles(cfg.enrich.profiles, source)
+    _check_redact(cfg.redact, source)
     return done
 
-    _check_redact(cfg.redact, source)
 
 def find_file(explicit: str | None) -> Path | None:
     """The config file to read: ``--config``, ``$PERSIST_CONFIG``, then the search path."""

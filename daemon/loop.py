@@ -183,8 +183,8 @@ class Recorder:
         """SIGHUP: re-read the config; apply subscriptions, enrichment, redaction, fsync, storage and log level."""
         try:
             cfg = self.reload_config()
-        except Exception as exc:
             redactor = redact.from_config(cfg, self.log.root)
+        except Exception as exc:
             log.error("reload_failed", error=str(exc), hint="fix the config; the old one stays in force")
             return
         self.cfg.enrich, self.cfg.storage, self.cfg.checkpoint = cfg.enrich, cfg.storage, cfg.checkpoint
@@ -193,8 +193,8 @@ class Recorder:
         logs.set_level(cfg.daemon.log_level)
         self.journal.writer.fsync = cfg.daemon.fsync
         self.journal.enrich = enrich.pipeline(cfg.enrich)
-        self.journal.spool.limit = cfg.storage.backlog_bytes
         self.cfg.redact, self.journal.redact = cfg.redact, redactor
+        self.journal.spool.limit = cfg.storage.backlog_bytes
         self.bus.subscribe(cfg.daemon.subscribe)
         self.timers.now("retention")  # a new retention acts at once
         log.info("reloaded", config=cfg.source, subscribe=cfg.daemon.subscribe, fsync=cfg.daemon.fsync)
