@@ -31,7 +31,8 @@ CHOICES = {
 TAG_KEYS = {"name", "keywords", "regex"}
 INT_MAX = 2**31 - 1  # ZeroMQ options and millisecond timers are C ints
 FLOAT_MAX = 366 * 86400  # seconds: a year is the longest interval that means anything
-MAXIMA = {"storage.rotate_bytes": 2**62, "storage.backlog_bytes": 2**62, "daemon.stop_drain_s": 3.5}
+MAXIMA = {"storage.rotate_bytes": 2**62, "storage.backlog_bytes": 2**62, "daemon.stop_drain_s": 3.5,
+          "archive.timeout_s": 3600}
 
 
 class ConfigError(ValueError):
@@ -82,6 +83,7 @@ class ArchiveSection:
     url: str = ""  # postgresql://...: ship every record to this archive (SPEC section 12); "" ships nothing
     node: str = ""  # this recorder's name in the archive; "" is the host name
     retention_waits: bool = True  # storage.retention never deletes a segment the archive has not confirmed
+    timeout_s: float = 30.0  # a database call with no answer this long (a hung server, a silent network cut) is cut
 
     @property
     def node_name(self) -> str:

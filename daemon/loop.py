@@ -98,7 +98,8 @@ class Recorder:
         self.indexer = indexer.child(self.log)
         if self.cfg.index.enabled:
             self.indexer.start()
-        self.shipper = archive_child.child(self.log, self.cfg.archive.url, self.cfg.archive.node_name)
+        self.shipper = archive_child.child(self.log, self.cfg.archive.url, self.cfg.archive.node_name,
+                                            self.cfg.archive.timeout_s)
         if self.cfg.archive.url:
             self.shipper.start()
         self.timers = self.timer_table()

@@ -13,10 +13,13 @@ Exactly once, in three steps:
   from that record on. Records before the fork keep their epoch (they are the
   same in both branches); those after it never collide with what the restore
   set aside, which stays in the archive under the old epoch.
-* **ship**: a batch is COPYed into a temporary staging table and moved with
-  ``INSERT ... ON CONFLICT DO NOTHING``; the node's position (epoch, segment,
-  byte offset, seq, and the length and md5 of the last line shipped) moves in
-  the same transaction, and only if nobody else moved it meanwhile.
+* **ship**: a batch is COPYed straight into ``persist_records`` while it is
+  read from the log (PostgreSQL works on it as it arrives); only if a row is
+  already there (a shipper reading the log again after a restore) is the batch
+  COPYed into a staging table instead and moved with ``INSERT ... ON CONFLICT
+  DO NOTHING``. The node's position (epoch, segment, byte offset, seq, and the
+  length and md5 of the last line shipped) moves in the same transaction, and
+  only if nobody else moved it meanwhile.
 * **resume**: a shipper starts from the committed position after checking the
   line there is still the one it shipped; if it is not (a restore cut the log
   back), it reads the log again from its start: the key makes that harmless.
@@ -27,6 +30,7 @@ Never writes to the log dir, never blocks the recorder.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -39,7 +43,7 @@ from persist.daemon.log.record import is_system
 if TYPE_CHECKING:  # psycopg is imported where a connection is made: the daemon itself never loads it
     import psycopg
 
-VERSION = 1
+VERSION = 2
 MAX_BODY = 100_000  # characters of one record that are searchable (a tsvector holds at most 1 MB)
 MIGRATIONS = {
     1: """
@@ -61,10 +65,21 @@ CREATE TABLE persist_position (
 CREATE FUNCTION persist_jsonb(t text) RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN RETURN t::jsonb; EXCEPTION WHEN others THEN RETURN NULL; END $$;
 """,
+    # 2: a row a third smaller and twice as fast to land: the record as jsonb is persist_jsonb(line) when asked
+    # for, and archive check's range scan is the primary key's
+    2: """
+ALTER TABLE persist_records DROP COLUMN rec;
+DROP INDEX persist_records_segment;
+CREATE OR REPLACE FUNCTION persist_jsonb(t text) RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN RETURN t::jsonb;
+EXCEPTION WHEN others THEN  -- jsonb holds no NUL character: one becomes U+FFFD, as in the searchable text
+    BEGIN RETURN replace(t, '\\u0000', '\\ufffd')::jsonb; EXCEPTION WHEN others THEN RETURN NULL; END;
+END $$;
+""",
 }
 STAGING = """CREATE TEMP TABLE IF NOT EXISTS persist_staging (
     node text, epoch text, seq bigint, segment text, "offset" bigint, received_at timestamptz, topic text,
-    sender text, recipient text, thread_id text, kind text, body text, line text, rec text) ON COMMIT DELETE ROWS"""
+    sender text, recipient text, thread_id text, kind text, body text, line text) ON COMMIT DELETE ROWS"""
 COLUMNS = 'node, epoch, seq, segment, "offset", received_at, topic, sender, recipient, thread_id, kind, body, line'
 FIELDS = ("sender", "recipient", "thread_id", "kind")
 MIGRATE_LOCK = 0x70657273  # an advisory lock: two shippers starting at once migrate one after the other
@@ -111,6 +126,15 @@ def connect(url: str, timeout: int = 5) -> psycopg.Connection:
 
     # autocommit: every write is in an explicit ``conn.transaction()`` block, nothing in an implicit one
     return psycopg.connect(url, connect_timeout=timeout, application_name="persist", autocommit=True)
+
+
+def keep_alive(conn: psycopg.Connection, timeout: float) -> None:
+    """Let the server end this session if its shipper goes silent: TCP keepalives from the server's side (a
+    client gone without a word, its locks held, would otherwise block its successor for the kernel's two
+    hours) and no transaction left open longer than ``timeout``."""
+    conn.execute("SELECT set_config('tcp_keepalives_idle', '10', false), "
+                 "set_config('tcp_keepalives_interval', '5', false), set_config('tcp_keepalives_count', '3', false), "
+                 "set_config('idle_in_transaction_session_timeout', %s, false)", (str(int(timeout * 1000)),))
 
 
 def migrate(conn: psycopg.Connection) -> int:
@@ -193,37 +217,37 @@ def row(node: str, epoch: str, rec: dict[str, Any], segment: str, offset: int, l
         body = _text(f"{text}\n{fields}" if fields else text)[:MAX_BODY]
     except Exception:  # noqa: BLE001 - one hostile record must never stop shipping
         body = ""
-    exact = line.rstrip(b"\n").decode("utf-8", "replace")
     return (node, epoch, rec["seq"], segment, offset, _time(rec.get("received_at")), _text(rec.get("topic", "")) or "",
-            *(_text(meta.get(k)) for k in FIELDS), body, exact, exact.replace("\\u0000", "\\ufffd"))
+            *(_text(meta.get(k)) for k in FIELDS), body, line.rstrip(b"\n").decode("utf-8", "replace"))
 
 
-def psycopg_errors():
-    """``psycopg.errors``, imported where a connection is used (the daemon itself never loads psycopg)."""
+def ship(conn: psycopg.Connection, node: str, rows: Iterable[tuple], before: Position,
+         after: Callable[[], Position]) -> None:
+    """Land ``rows`` (written to PostgreSQL as they come) and move the node's position from ``before`` to
+    ``after()`` (asked once ``rows`` is exhausted), in one transaction."""
     import psycopg.errors
 
-    return psycopg.errors
-
-
-def ship(conn: psycopg.Connection, node: str, rows: list[tuple], before: Position, after: Position) -> None:
-    """Land ``rows`` and move the node's position from ``before`` to ``after``, in one transaction."""
     with conn.transaction():
-        conn.execute(STAGING)
-        with conn.cursor().copy(f"COPY persist_staging ({COLUMNS}, rec) FROM STDIN") as copy:
-            for r in rows:
-                copy.write_row(r)
-        try:  # the plain cast first: one statement for the batch; the per-row safe cast only if it fails
-            with conn.transaction():
-                conn.execute(f"INSERT INTO persist_records ({COLUMNS}, rec) SELECT {COLUMNS}, rec::jsonb "
-                             "FROM persist_staging ORDER BY seq ON CONFLICT DO NOTHING")
-        except psycopg_errors().DataError:  # a NUL or a lone surrogate jsonb refuses: that row's rec is NULL
-            conn.execute(f"INSERT INTO persist_records ({COLUMNS}, rec) SELECT {COLUMNS}, persist_jsonb(rec) "
-                         "FROM persist_staging ORDER BY seq ON CONFLICT DO NOTHING")
+        landed: list[tuple] = []
+        try:
+            with conn.transaction(), conn.cursor().copy(f"COPY persist_records ({COLUMNS}) FROM STDIN") as copy:
+                for r in rows:
+                    landed.append(r)
+                    copy.write_row(r)
+        except psycopg.errors.UniqueViolation:  # some are there already (the log read again): land the others
+            landed.extend(rows)
+            conn.execute(STAGING)
+            with conn.cursor().copy(f"COPY persist_staging ({COLUMNS}) FROM STDIN") as copy:
+                for r in landed:
+                    copy.write_row(r)
+            conn.execute(f"INSERT INTO persist_records ({COLUMNS}) SELECT {COLUMNS} FROM persist_staging "
+                         "ORDER BY seq ON CONFLICT DO NOTHING")
+        to = after()
         moved = conn.execute(  # the origin is left as it is: ``claim`` owns it
             'UPDATE persist_position SET epoch = %s, segment = %s, "offset" = %s, seq = %s, line = %s, '
             'updated_at = now() WHERE node = %s AND epoch = %s AND segment IS NOT DISTINCT FROM %s '
             'AND "offset" = %s AND seq = %s',
-            (after.epoch, after.segment, after.offset, after.seq, after.line, node,
+            (to.epoch, to.segment, to.offset, to.seq, to.line, node,
              before.epoch, before.segment, before.offset, before.seq)).rowcount
         if moved != 1:
             raise PositionMoved(f"another shipper moved node {node!r}'s position")
@@ -240,5 +264,5 @@ def decode(line: bytes) -> dict[str, Any] | None:
 def rewind(conn: psycopg.Connection, node: str, before: Position) -> Position:
     """Move the node's position back to the start of the log (after a restore cut it back)."""
     start = Position()
-    ship(conn, node, [], before, start)
+    ship(conn, node, [], before, lambda: start)
     return start

@@ -30,8 +30,8 @@ class ShipperChild(Child):
             os.close(out)
 
 
-def child(log_dir: LogDir, url: str, node: str) -> ShipperChild:
+def child(log_dir: LogDir, url: str, node: str, timeout_s: float) -> ShipperChild:
     """The shipper (``persist.daemon.archive.shipper``) as a child process the daemon supervises."""
     argv = [sys.executable, "-m", "persist.daemon.archive.shipper", "--log-dir", str(log_dir.root),
-            "--node", node, "--parent", str(os.getpid())]
+            "--node", node, "--timeout", str(timeout_s), "--parent", str(os.getpid())]
     return ShipperChild("shipper", argv, log_dir.index / "shipper.out", {"PERSIST_ARCHIVE_URL": url})
