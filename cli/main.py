@@ -53,6 +53,8 @@ COMMANDS = {
     "info": "info:info",
     "archive": "archive:group",
     "web": "web.command:web",
+    "keys": "keys:group",
+    "redact": "redact:group",
 }
 ARCHIVE_COMMANDS = {  # with --archive URL these answer from the archive, across nodes
     "search": "archive:search_cmd", "thread": "archive:thread_cmd", "threads": "archive:threads_cmd",

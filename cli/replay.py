@@ -38,10 +38,12 @@ from persist.daemon.replay import ReplayError, Selection, announced, ready_socke
 @click.option("--as-fast", is_flag=True, help="No pacing: send as fast as possible.")
 @click.option("--wait", type=float, default=10.0, show_default=True, help="Seconds to wait for a subscriber.")
 @click.option("--dry-run", is_flag=True, help="Print what would be sent (JSON Lines), send nothing.")
+@click.option("--keys-dir", metavar="DIR", help="CURVE with the keys in DIR (persist-cli keys init; [curve] keys_dir).")
+@click.option("--insecure", is_flag=True, help="Allow --bind on an address other than loopback without CURVE.")
 @with_log_dir
 @json_option
 def replay(cfg, log, checkpoint_id, since, until, topics, sender, thread_id, endpoint, bind, rate, as_fast, wait,
-           dry_run, as_json) -> None:
+           dry_run, keys_dir, insecure, as_json) -> None:
     """Publish recorded messages again, byte for byte, in recorded order (never $persist/ records)."""
     require_log(log)
     if not ENDPOINT.match(endpoint):
@@ -58,12 +60,16 @@ def replay(cfg, log, checkpoint_id, since, until, topics, sender, thread_id, end
             return json_lines([{"replayed": 0, "to": endpoint}])
         click.echo("nothing to replay for that selection", err=True)
         return
+    if keys_dir:
+        cfg.curve.enabled, cfg.curve.keys_dir = True, keys_dir
     ctx = zmq.Context()
+    outlet = None
     try:
         try:
-            sock = ready_socket(ctx, endpoint, bind, wait)
+            outlet = ready_socket(ctx, endpoint, bind, wait, cfg.curve, insecure)
         except ReplayError as exc:
             raise Failure(str(exc)) from None
+        sock = outlet.sock
         redacted = 0
 
         def sent(e) -> None:
@@ -86,4 +92,6 @@ def replay(cfg, log, checkpoint_id, since, until, topics, sender, thread_id, end
                 click.echo(f"{redacted} of them redacted: sent as recorded, with their secrets replaced, "
                            "not the bytes first published", err=True)
     finally:
+        if outlet is not None:
+            outlet.close()
         ctx.destroy(linger=5000)

@@ -98,10 +98,23 @@ def _print_status(info: dict, live: dict | None) -> None:
             rows.append(["DISK FULL", style(f"{live['spooled']} records waiting in memory, {live['dropped']} dropped", fg="red")])
         if live.get("archive"):
             rows.append(["archive", _archive_state(live["archive"])])
+        if live.get("curve"):
+            rows.append(["curve", _curve_state(live["curve"])])
     cp = info["last_checkpoint"]
     rows.append(["checkpoint", f"{cp['id']} ({cp['reason']}), {ago(cp['created_at'])}" if cp else "none yet"])
     rows.append(["disk", f"{size(info['log_bytes'])} used by the log, {size(info['disk_free_bytes'])} free"])
     fields(rows, 12, bold=True)
+
+
+def _curve_state(c: dict) -> str:
+    """CURVE on the bus, as ``status`` shows it: who may connect, and the handshakes refused."""
+    allow = "any valid key" if c["allow"] == "any" else f"{c['allow']} key(s) on the allow-list"
+    if not c["refused"]:
+        return f"on ({c['keys_dir']}), {allow}; no handshake refused"
+    last = c["last_refused"]
+    who = f" from {last['address']}" if last.get("address") else ""
+    return (f"on ({c['keys_dir']}), {allow}; " + style(f"{c['refused']} handshake(s) refused", fg="red")
+            + f", the last {ago(last['at'])} on {last['endpoint']}{who}: {last['reason']}")
 
 
 def _since(iso: str | None) -> str:

@@ -3,7 +3,8 @@
 Owns the ZeroMQ socket options that decide whether a message can be lost
 before it reaches us: a receive high-water mark large enough that a burst
 waits in memory, and a socket monitor that reports disconnects so the loop can
-record them. It never writes anything.
+record them, and, with ``[curve]`` on, the keys it connects and binds with and
+the refused handshakes it counts (``curve``). It never writes a record.
 """
 
 from __future__ import annotations
@@ -11,24 +12,27 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import structlog
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from persist.daemon.config import DaemonSection
+from persist.daemon import curve
+from persist.daemon.config import CurveSection, DaemonSection
 from persist.daemon.log.record import iso_utc
 
 NOBLOCK = int(zmq.NOBLOCK)
-MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | curve.HANDSHAKE_FAILED
+log = structlog.get_logger("persist.daemon")
 
 
 class BusError(RuntimeError):
-    """An endpoint could not be connected or bound."""
+    """An endpoint could not be connected or bound, or its CURVE keys cannot be used."""
 
 
 class Bus:
     """A SUB socket connected to (or bound on) the configured endpoints."""
 
-    def __init__(self, ctx: zmq.Context, cfg: DaemonSection) -> None:
+    def __init__(self, ctx: zmq.Context, cfg: DaemonSection, secure: CurveSection | None = None) -> None:
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.RCVHWM, cfg.receive_hwm)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -36,9 +40,26 @@ class Bus:
         self.subscriptions: list[str] = []
         self.subscribe(cfg.subscribe)
         self.monitor = self.sock.get_monitor_socket(MONITORED)
+        self.curve = secure if secure is not None and secure.enabled else None
+        self.auth: curve.Authenticator | None = None
+        self.allowed = 0
+        try:
+            client = curve.client_keys(self.curve.keys_path) if self.curve and cfg.connect else None
+            server = curve.server_keys(self.curve.keys_path) if self.curve and cfg.bind else None
+            if server is not None:  # the ZAP handler is there before the first client can knock
+                self.auth = curve.Authenticator(ctx, self.curve.keys_path, self.curve.allow_any)
+                self.allowed = self.auth.reload()
+        except curve.CurveError as exc:
+            self.close()
+            raise BusError(str(exc)) from None
+        self.refusals = curve.Refusals(lambda r: log.warning("handshake_refused", **r), self.auth)
         self.endpoints = list(cfg.connect)
+        if client is not None:  # options are taken at connect/bind time: clients first, then the server side
+            client.client(self.sock)
         for endpoint in cfg.connect:
             self._attach(self.sock.connect, endpoint, "connect to")
+        if server is not None:
+            server.serve(self.sock)
         for endpoint in cfg.bind:
             self._attach(self.sock.bind, endpoint, "bind")
             self.endpoints.append(self.sock.getsockopt_string(zmq.LAST_ENDPOINT))
@@ -124,6 +145,8 @@ class Bus:
         while self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)
             endpoint = event["endpoint"].decode(errors="replace")
+            if self.refusals.event(event, curve.CLIENT if endpoint in self.connected_to else curve.SERVER):
+                continue
             if endpoint in self.connected_to:
                 what = "connected" if event["event"] == zmq.EVENT_CONNECTED else "disconnected"
                 self.state[endpoint] = {"endpoint": endpoint, "state": what, "since": iso_utc(time.time_ns())}
@@ -136,7 +159,24 @@ class Bus:
         last = iso_utc(self.last_message_ns) if self.last_message_ns else None
         return [{**state, "last_message_at": last} for state in self.state.values()]
 
+    def curve_status(self) -> dict[str, Any] | None:
+        """CURVE on the bus: the keys dir, who may connect, how many handshakes were refused (None: off)."""
+        if self.curve is None:
+            return None
+        return {"keys_dir": str(self.curve.keys_path), "allow": "any" if self.curve.allow_any else self.allowed,
+                **self.refusals.status()}
+
+    def reload_allow_list(self) -> None:
+        """SIGHUP: read ``clients/`` again (a key added or removed counts from the next handshake)."""
+        if self.auth is not None:
+            try:
+                self.allowed = self.auth.reload()
+            except curve.CurveError as exc:
+                log.error("allow_list_unreadable", error=str(exc), hint="the old allow-list stays in force")
+
     def close(self) -> None:
         self.sock.disable_monitor()
         self.monitor.close(linger=0)
         self.sock.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()

@@ -70,7 +70,7 @@ class Recorder:
         self.log.create()
         journal = self.journal
         repaired, last = journal.open()
-        self.bus = Bus(self.ctx, self.cfg.daemon)
+        self.bus = Bus(self.ctx, self.cfg.daemon, self.cfg.curve)
         self.control = ControlServer(self.ctx, self.log.control_endpoint, {
             "ping": lambda _: {"pong": True}, "status": self.status,
             "checkpoint": lambda label: journal.checkpoint("manual", label or None),
@@ -181,7 +181,8 @@ class Recorder:
         self.stopping = True
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config; apply subscriptions, enrichment, redaction, fsync, storage and log level."""
+        """SIGHUP: re-read the config; apply subscriptions, enrichment, redaction, fsync, storage and log level;
+        read the CURVE allow-list again."""
         try:
             cfg = self.reload_config()
             redactor = redact.from_config(cfg, self.log.root)
@@ -197,6 +198,7 @@ class Recorder:
         self.cfg.redact, self.journal.redact = cfg.redact, redactor
         self.journal.spool.limit = cfg.storage.backlog_bytes
         self.bus.subscribe(cfg.daemon.subscribe)
+        self.bus.reload_allow_list()
         self.timers.now("retention")  # a new retention acts at once
         log.info("reloaded", config=cfg.source, subscribe=cfg.daemon.subscribe, fsync=cfg.daemon.fsync)
 
@@ -232,6 +234,7 @@ class Recorder:
             "rate": round(self.msg_rate(), 1),
             "endpoints": self.bus.endpoints,
             "bus": self.bus.status(),
+            "curve": self.bus.curve_status(),
             "subscribe": self.bus.subscriptions,
             "launched": self.launched,
             "indexer_pid": self.indexer.pid,

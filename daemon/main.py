@@ -14,7 +14,7 @@ import traceback
 import click
 import structlog
 
-from persist.daemon import config, logs, redact
+from persist.daemon import config, curve, logs, redact
 from persist.daemon.bus import BusError
 from persist.daemon.control import ControlError
 from persist.daemon.log import lock, restore
@@ -33,7 +33,8 @@ def fail(code: int, message: str) -> None:
     sys.exit(code)
 
 
-def flag_overrides(connect, bind, subscribe, log_dir, checkpoint_interval, fsync, log_format, log_level, archive_url):
+def flag_overrides(connect, bind, subscribe, log_dir, checkpoint_interval, fsync, log_format, log_level, archive_url,
+                   keys_dir=None):
     daemon = {
         "connect": list(connect) or None,
         "bind": list(bind) or None,
@@ -47,7 +48,20 @@ def flag_overrides(connect, bind, subscribe, log_dir, checkpoint_interval, fsync
         "daemon": {k: v for k, v in daemon.items() if v is not None},
         "checkpoint": {"interval": checkpoint_interval} if checkpoint_interval is not None else {},
         "archive": {"url": archive_url} if archive_url is not None else {},
+        "curve": {"enabled": True, "keys_dir": keys_dir} if keys_dir is not None else {},
     }
+
+
+def check_curve(cfg: config.Config, insecure: bool) -> None:
+    """The keys this daemon needs can be read, and it binds nothing but loopback without CURVE (``CurveError``)."""
+    curve.check_bind(cfg.daemon.bind, cfg.curve.enabled, insecure, "the daemon's SUB socket on")
+    if cfg.curve.enabled:
+        if cfg.daemon.connect:
+            curve.client_keys(cfg.curve.keys_path)
+        if cfg.daemon.bind:
+            curve.server_keys(cfg.curve.keys_path)
+            if not cfg.curve.allow_any:
+                curve.allowed_dir(cfg.curve.keys_path)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,21 +75,25 @@ def flag_overrides(connect, bind, subscribe, log_dir, checkpoint_interval, fsync
 @click.option("--log-format", type=click.Choice(["auto", "console", "json"]), help="Log lines for humans (console) or machines (json); auto picks by TTY.")
 @click.option("--log-level", type=click.Choice(LEVELS), help="Lowest level logged (default info).")
 @click.option("--archive-url", metavar="URL", help="Ship every record to this PostgreSQL (postgresql://…; or PERSIST_ARCHIVE_URL, [archive] url).")
+@click.option("--keys-dir", metavar="DIR", help="CURVE on the bus with the keys in DIR (persist-cli keys init; [curve] keys_dir).")
+@click.option("--insecure", is_flag=True, help="Allow --bind on an address other than loopback without CURVE.")
 @click.option("--check-config", is_flag=True, help="Validate the config and flags, print the result, exit.")
 @click.option("--launched", is_flag=True, hidden=True, help="Started by the launcher: stop when the last agent leaves.")
-def main(config_path, check_config, launched, **flags) -> None:
+def main(config_path, check_config, launched, insecure, **flags) -> None:
     """Record every message on the agents' ZeroMQ bus into a durable JSONL log."""
     overrides = flag_overrides(**flags)
     try:
         cfg = config.load(config_path, overrides)
         if cfg.redact.enabled:
             redact.load_rules(cfg.redact)  # the rule file too: a bad rule is refused before anything starts
-    except config.ConfigError as exc:
+        check_curve(cfg, insecure)
+    except (config.ConfigError, curve.CurveError) as exc:
         fail(2, f"{exc}")
     except RuleError as exc:
         fail(2, f"config key '{exc.key}': {exc.problem}")
     if check_config:
-        click.echo(f"config ok ({cfg.source or 'defaults'}): log_dir={cfg.log_dir} connect={cfg.daemon.connect} bind={cfg.daemon.bind}")
+        click.echo(f"config ok ({cfg.source or 'defaults'}): log_dir={cfg.log_dir} connect={cfg.daemon.connect} bind={cfg.daemon.bind}"
+                   + (f" curve={cfg.curve.keys_path}" if cfg.curve.enabled else ""))
         return
     logs.setup(cfg.daemon.log_format, cfg.daemon.log_level)
     sys.exit(record(cfg, lambda: config.load(config_path, overrides), launched))

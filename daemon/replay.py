@@ -6,6 +6,8 @@ through an XPUB socket so that it can wait until a subscriber is there before
 the first message: nothing is lost to the slow-joiner effect. Each message is
 announced to the daemon recording the log first, so that if the replay goes
 back onto the recorded bus its copy is marked ``meta.replay_of``.
+With ``[curve]`` on it connects as a CURVE client (or, with ``--bind``, serves
+CURVE to the keys on the allow-list), and a refused handshake is named.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from persist.daemon import curve
+from persist.daemon.config import CurveSection
 from persist.daemon.control import ask
 from persist.daemon.log import reader
 from persist.daemon.log.errors import ControlError
@@ -56,26 +60,73 @@ class Selection:
                 yield e
 
 
-def open_socket(ctx: zmq.Context, endpoint: str, bind: bool) -> zmq.Socket:
+@dataclass
+class Outlet:
+    """The replay's XPUB socket, and the ZAP handler it serves CURVE with when it binds."""
+
+    sock: zmq.Socket
+    auth: curve.Authenticator | None = None
+    handshake: zmq.Socket | None = None  # the monitor that says why no subscriber came
+
+    def stop_watching(self) -> None:
+        if self.handshake is not None:
+            self.sock.disable_monitor()
+            self.handshake.close(linger=0)
+            self.handshake = None
+
+    def close(self) -> None:
+        self.stop_watching()
+        if self.auth is not None:
+            self.auth.stop()
+
+
+def open_socket(ctx: zmq.Context, endpoint: str, bind: bool, secure: CurveSection | None = None,
+                insecure: bool = False) -> Outlet:
+    """An XPUB socket bound or connected to ``endpoint``, with CURVE if ``secure`` is an enabled ``[curve]``."""
+    secure = secure if secure is not None and secure.enabled else None
+    if bind:
+        curve.check_bind([endpoint], secure is not None, insecure, "replay on")
     sock = ctx.socket(zmq.XPUB)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.LINGER, 10_000)
+    out = Outlet(sock, handshake=curve.monitor(sock))
+    if secure is not None:
+        if bind:
+            keys = curve.server_keys(secure.keys_path)
+            out.auth = curve.Authenticator(ctx, secure.keys_path, secure.allow_any)
+            keys.serve(sock)
+        else:
+            curve.client_keys(secure.keys_path).client(sock)
     (sock.bind if bind else sock.connect)(endpoint)
-    return sock
+    return out
 
 
-def ready_socket(ctx: zmq.Context, endpoint: str, bind: bool, wait: float) -> zmq.Socket:
-    """An XPUB socket on ``endpoint`` that a subscriber has joined (``ReplayError`` if none within ``wait`` s)."""
+def ready_socket(ctx: zmq.Context, endpoint: str, bind: bool, wait: float, secure: CurveSection | None = None,
+                 insecure: bool = False) -> Outlet:
+    """An XPUB socket on ``endpoint`` that a subscriber has joined (``ReplayError`` if none within ``wait`` s,
+    or if its keys cannot be used)."""
+    out = None
     try:
-        sock = open_socket(ctx, endpoint, bind)
-        wait_for_subscriber(sock, endpoint, wait)
+        out = open_socket(ctx, endpoint, bind, secure, insecure)
+        wait_for_subscriber(out.sock, endpoint, wait, out.handshake)
+        out.stop_watching()
+    except curve.CurveError as exc:
+        raise ReplayError(str(exc)) from None
     except zmq.ZMQError as exc:
         raise ReplayError(f"cannot {'bind' if bind else 'connect to'} {endpoint}: {exc.strerror}") from None
-    return sock
+    except ReplayError:
+        if out is not None:
+            out.close()
+        raise
+    return out
 
 
-def wait_for_subscriber(sock: zmq.Socket, endpoint: str, timeout: float) -> None:
+def wait_for_subscriber(sock: zmq.Socket, endpoint: str, timeout: float, handshake: zmq.Socket | None = None) -> None:
     if not sock.poll(int(timeout * 1000), zmq.POLLIN):
+        refused = curve.handshake_failure(handshake) if handshake is not None else None
+        if refused:
+            raise NoSubscriber(f"{endpoint} refused the replay's handshake: {refused}; see [curve] in the "
+                               "config (persist-cli keys init)")
         raise NoSubscriber(f"no subscriber on {endpoint} within {timeout:.0f} s: is the broker running "
                            "(persist-cli broker) and something subscribed?")
     while sock.poll(0, zmq.POLLIN):

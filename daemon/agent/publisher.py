@@ -17,6 +17,12 @@ helper closes each hole:
   no daemon answers (another host, no log dir), it waits until ZeroMQ has
   handed the queue to the network. Either way it raises ``Undelivered``,
   counting what it could not confirm, rather than returning having lost some.
+
+With ``[curve]`` on in the config it finds (``PERSIST_CONFIG`` or the usual
+search path), or given ``curve=KEYS_DIR``, it connects as a CURVE client with
+``client.key_secret`` and ``server.key`` from that directory (SPEC section
+14). A bus that refuses its handshake is named in ``NoSubscriber``: ZeroMQ
+would otherwise just never deliver.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import orjson
 import zmq
 
 from persist.daemon import config
+from persist.daemon import curve as _curve
 from persist.daemon.control import ControlError, ask
 from persist.daemon.log.layout import LogDir
 
@@ -54,7 +61,11 @@ class Publisher:
 
     def __init__(self, sender: str, endpoint: str = DEFAULT_ENDPOINT, wait: float = 5.0,
                  seq_field: str = "sender_seq", ctx: zmq.Context | None = None,
-                 log_dir: str | Path | None = None, send_timeout: float = 30.0, close_timeout: float = 30.0) -> None:
+                 log_dir: str | Path | None = None, send_timeout: float = 30.0, close_timeout: float = 30.0,
+                 curve: str | Path | bool | None = None) -> None:
+        """``curve``: None, the config's ``[curve]`` decides; False, no CURVE; a keys directory, CURVE with its
+        client key pair and server key (``curve.CurveError`` if they cannot be used)."""
+        keys = _client_keys(curve)
         self.sender = sender
         self.endpoint = endpoint
         self.wait = wait
@@ -70,6 +81,9 @@ class Publisher:
         self.sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         self.sock.setsockopt(zmq.XPUB_NODROP, 1)
         self.sock.setsockopt(zmq.SNDTIMEO, int(send_timeout * 1000))
+        if keys is not None:
+            keys.client(self.sock)
+        self.handshake = _curve.monitor(self.sock)  # until a subscriber is there: says why none came
         self.sock.connect(endpoint)
         self.subscribed = False
         self.missing_before: int | None = None
@@ -80,11 +94,16 @@ class Publisher:
             return
         timeout = self.wait if timeout is None else timeout
         if not self.sock.poll(int(timeout * 1000), zmq.POLLIN):
+            refused = _curve.handshake_failure(self.handshake)
+            if refused:
+                raise NoSubscriber(f"the bus at {self.endpoint} refused this publisher's handshake: {refused}; "
+                                   "see [curve] in the config (persist-cli keys init)")
             raise NoSubscriber(f"no subscriber on {self.endpoint} within {timeout:.1f} s: "
                                "is the broker running (persist-cli broker) and persist-daemon connected?")
         while self.sock.poll(0, zmq.POLLIN):
             self.sock.recv()  # subscription messages; their content is not needed
         self.subscribed = True
+        self._stop_watching()
         endpoint = self.control_endpoint()
         before = self.acknowledged(endpoint) if endpoint else None
         self.missing_before = None if before is None else before[1]  # the daemon's count before our first send
@@ -157,10 +176,17 @@ class Publisher:
             raise Undelivered(lost, f"{lost} of {self.seq} messages from {self.sender!r} never reached the daemon "
                                     f"on {endpoint} (its gap records name them)")
 
+    def _stop_watching(self) -> None:
+        if self.handshake is not None:
+            self.sock.disable_monitor()
+            self.handshake.close(linger=0)
+            self.handshake = None
+
     def close(self, timeout: float | None = None) -> None:
         """Deliver everything sent, then close; raise ``Undelivered`` saying how many could not be."""
         if self.sock.closed:
             return
+        self._stop_watching()
         timeout = self.close_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         try:
@@ -179,3 +205,15 @@ class Publisher:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _client_keys(choice: str | Path | bool | None) -> _curve.Keys | None:
+    """The CURVE client keys a ``Publisher`` uses: from ``choice``, or from the config when it is None."""
+    if choice is None:
+        cfg = config.load()
+        return _curve.client_keys(cfg.curve.keys_path) if cfg.curve.enabled else None
+    if choice is False:
+        return None
+    if choice is True:
+        raise TypeError("curve=True: give the keys directory (or None to follow the config)")
+    return _curve.client_keys(Path(choice).expanduser())
