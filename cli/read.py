@@ -144,13 +144,17 @@ def recover(cfg, log, as_json) -> None:
     if lock.is_locked(log):
         raise Failure(f"a daemon (pid {lock.holder_pid(log)}) is recording into {log.root}; "
                       "it repaired the log when it started")
+    from persist.daemon.redact import apply as redact_apply
+
     with lock.held(log):
         finished = restore.finish_interrupted(log)
+        redacted = redact_apply.finish_interrupted(log)
         repaired = repair_tail(log.active, log.recovery)
         indexed = index.update(log)
     if as_json:
         return json_lines([{
             "finished_restore": finished,
+            "finished_redact": redacted,
             "repaired": None if repaired is None else {"file": str(log.active), "torn_bytes": repaired.bytes,
                                                        "quarantined": str(repaired.quarantined)},
             "indexed": indexed,
@@ -158,6 +162,9 @@ def recover(cfg, log, as_json) -> None:
     if finished is not None:
         click.echo(f"finished the interrupted restore of checkpoint {finished['checkpoint']} "
                    f"(set aside in {log.root / finished['archived_to']})")
+    if redacted is not None:
+        click.echo(f"finished the interrupted redact apply: {redacted['records']} record(s) in "
+                   f"{', '.join(redacted['segments'])} (recorded as $persist/redact seq {redacted['redact_record_seq']})")
     if repaired is None:
         click.echo(f"nothing to repair in {log.active}")
     else:

@@ -22,6 +22,7 @@ from persist.daemon.log.fsutil import NotOurs, write_atomically
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.store import FsyncFailed
 from persist.daemon.loop import Recorder
+from persist.daemon.redact import apply as redact_apply
 from persist.daemon.redact.rules import RuleError
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -114,6 +115,7 @@ def record(cfg: config.Config, reload, launched: bool = False) -> int:
     try:
         write_atomically(log_dir.pid_file, f"{os.getpid()}\n".encode())
         restore.finish_interrupted(log_dir)  # an in-place restore a crash cut short
+        redact_apply.finish_interrupted(log_dir)  # a redact apply a crash cut short
         recorder.start()
         recorder.run()
         return 0

@@ -198,6 +198,10 @@ class Redactor:
         new_text = self.text(text, where, notes)
         return data if new_text is text else new_text.encode(encoding)
 
+    def json_value(self, value: Any, where: str, notes: list[dict[str, Any]]) -> Any:
+        """A decoded JSON ``value`` with the secrets in its strings replaced (``where``: how notes name it)."""
+        return self._json(value, where, notes, None)
+
     def _json(self, value: Any, where: str, notes: list[dict[str, Any]], key: str | None) -> Any:
         kind = type(value)
         if kind is str:
@@ -214,10 +218,24 @@ class Redactor:
         ``key``: the JSON key the text is the value of, seen before it (``"key": "text"``) by rules
         that recognise a secret by its name.
         """
+        merged = self.find(text, key)
+        if not merged:
+            return text
+        parts, at = [], 0
+        for start, end, ident in merged:
+            parts += [text[at:start], marker(ident)]
+            notes.append({"rule": ident, "at": where, "fp": self.fingerprint(text[start:end])})
+            at = end
+        parts.append(text[at:])
+        return "".join(parts)
+
+    def find(self, text: str, key: str | None = None) -> list[list[Any]]:
+        """``[start, end, rule id]`` of each secret in ``text``, in order, overlapping finds merged (named by the
+        first rule that found it). ``key``: as in ``text``."""
         prefix = f'"{key}": "' if key is not None else ""
         context = f"{prefix}{text}\"" if prefix else text
         if not self.worth_a_look(context.encode("utf-8", "surrogatepass")):
-            return text
+            return []
         lower = context.lower()
         spans: list[tuple[int, int, int, str]] = []
         for order, rule in enumerate(self.rules):
@@ -227,22 +245,14 @@ class Redactor:
                 start, end = max(start, len(prefix)) - len(prefix), min(end, len(prefix) + len(text)) - len(prefix)
                 if start < end and not self._allowed(text, start, end):
                     spans.append((start, order, end, rule.id))
-        if not spans:
-            return text
         spans.sort()
         merged: list[list[Any]] = []
-        for start, _, end, ident in spans:  # overlapping finds are one secret, named by the first rule that found it
+        for start, _, end, ident in spans:
             if merged and start < merged[-1][1]:
                 merged[-1][1] = max(merged[-1][1], end)
                 continue
             merged.append([start, end, ident])
-        parts, at = [], 0
-        for start, end, ident in merged:
-            parts += [text[at:start], marker(ident)]
-            notes.append({"rule": ident, "at": where, "fp": self.fingerprint(text[start:end])})
-            at = end
-        parts.append(text[at:])
-        return "".join(parts)
+        return merged
 
     def _allowed(self, text: str, start: int, end: int) -> bool:
         if self.allow is None:
