@@ -115,3 +115,89 @@ def test_hits_come_back_with_their_records_from_the_jsonl(tmp_path):
     assert sorted(e.seq for _, e in found) == [7, 17]
     for hit, e in found:
         assert e.line == index.line_at(log, hit["segment"], hit["offset"])
+
+
+def build_texts(root, texts: list[str], rotate_every: int | None = None) -> LogDir:
+    log = LogDir(root)
+    log.create()
+    writer = SegmentWriter(log, fsync="off")
+    writer.open()
+    for seq, text in enumerate(texts, 1):
+        writer.append(encode(Message.from_frames([b"agent.chat", orjson.dumps({"text": text, "sender": "a"})],
+                                                 time.time_ns()), seq, {"sender": "a", "thread_id": "t"}))
+        if rotate_every and seq % rotate_every == 0:
+            writer.rotate()
+    writer.close()
+    return log
+
+
+def index_bytes(log: LogDir) -> bytes:
+    db = index.connect(index.index_path(log))
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    return b"".join(p.read_bytes() for p in index.files(index.index_path(log)) if p.exists())
+
+
+def test_the_index_keeps_no_copy_of_the_text_and_cuts_snippets_from_the_log(tmp_path):
+    from persist.daemon.index.search import Filters, search
+
+    sentence = "the quartermaster reconciled seventeen ledgers before the harbour closed at dusk"
+    log = build_texts(tmp_path / "logs", [f"{sentence} (copy {i})" for i in range(200)] + ["unrelated words"])
+    index.rebuild(log)
+    assert sentence.encode() not in index_bytes(log)  # words, not text: the log is where the text is
+    db = index.connect(index.index_path(log))
+    hits = search(db, "seventeen ledgers", Filters(), 3, ("[", "]"))
+    assert len(hits) == 3 and all("[seventeen] [ledgers]" in h["snippet"] for h in hits), hits
+    db.execute("INSERT INTO fts(fts, rank) VALUES ('integrity-check', 1)")  # its words are exactly the log's
+    db.close()
+
+
+def test_an_index_that_kept_a_copy_of_the_text_is_made_again(tmp_path):
+    import sqlite3
+
+    from persist.daemon.index.search import Filters, search
+
+    log = build_texts(tmp_path / "logs", ["alpha one", "beta two"])
+    path = index.index_path(log)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = sqlite3.connect(path)  # the layout of an index made by persist before the text left it
+    old.executescript(index.SCHEMA.split("CREATE VIEW")[0] + """
+        CREATE VIRTUAL TABLE fts USING fts5(text, fields, sender, recipient, topic, thread_id, kind, tags);
+        CREATE TABLE state (key TEXT PRIMARY KEY, value);
+        INSERT INTO fts(rowid, text) VALUES (1, 'alpha one secret copy');
+        INSERT INTO state VALUES ('last_seq', 1);""")
+    old.close()
+    db = index.open_current(log)
+    assert [h["seq"] for h in search(db, "beta", Filters(), 5)] == [2]
+    assert search(db, "secret", Filters(), 5) == []
+    db.close()
+    assert b"secret copy" not in index_bytes(log)
+
+
+def test_records_retention_deleted_match_nothing_and_their_words_go_once_they_are_a_quarter(tmp_path):
+    from persist.daemon.index.search import Filters, search
+    from persist.daemon.log import retention
+
+    log = build_texts(tmp_path / "logs", [f"needle {i} haystack" for i in range(50)], rotate_every=10)
+    index.rebuild(log)
+    db = index.connect(index.index_path(log))
+    closed = sorted(log.segments.glob("seg-*.jsonl"))
+    retention.delete(log, closed[0], retention.Policy("1d"))  # seq 1-10
+    assert index.forget_deleted(log, db) == 10
+    assert sorted(h["seq"] for h in search(db, "needle", Filters(), 100)) == list(range(11, 51))
+    assert db.execute("SELECT value FROM state WHERE key = 'stale'").fetchone() == (10,)  # 10 of 50: kept for now
+    retention.delete(log, closed[1], retention.Policy("1d"))  # 20 of 50: the word lists are made again
+    assert index.forget_deleted(log, db) == 10
+    assert db.execute("SELECT value FROM state WHERE key = 'stale'").fetchone() is None
+    assert sorted(h["seq"] for h in search(db, "needle", Filters(), 100)) == list(range(21, 51))
+    db.execute("INSERT INTO fts(fts, rank) VALUES ('integrity-check', 1)")
+    assert db.execute("SELECT count(*) FROM fts_docsize").fetchone() == (30,)
+    db.close()
+
+
+def test_a_line_that_is_gone_or_garbled_reads_back_as_no_text(tmp_path):
+    log = build_texts(tmp_path / "logs", ["kept words"])
+    read = index.TextFromLog(log)
+    assert read("seg-0000000000000099.jsonl", 10, 0) == ""  # no such segment
+    assert read(reader.first_record(log.active) and "nonsense/../../x", 5, 1) == ""
+    assert read(log.active.name, 3, 0) == ""  # not a whole line

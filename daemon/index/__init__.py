@@ -3,10 +3,14 @@
 Derived data only: it can be deleted and rebuilt from the JSONL at any time.
 Each record is a row keyed by its ``seq`` (so indexing twice never duplicates),
 with its enriched fields, where its line lives (segment and byte offset, to
-print the record exactly as written), and its text in an FTS5 table. The
-``state`` table remembers how far indexing got (last seq, segment, offset), in
-the same transaction as the rows, so an indexer killed at any moment resumes
-exactly where its last commit ended.
+print the record exactly as written), and its words in an FTS5 table. The FTS5
+table keeps no copy of the text: its content is the view ``fts_source``, whose
+text columns ``persist_text(segment, offset, column)`` reads back from the
+JSONL (a function every connection made by ``connect`` has), so the index
+holds little more than its word lists, and a snippet is cut from the log
+itself. The ``state`` table remembers how far indexing got (last seq,
+segment, offset), in the same transaction as the rows, so an indexer killed at
+any moment resumes exactly where its last commit ended.
 
 This module owns the schema and catch-up (``connect``, ``add``, ``catch_up``,
 ``update``, ``open_current``/``open_complete``, ``behind``); ``rebuild`` a new index swapped in whole; ``search`` the queries and
@@ -42,10 +46,15 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_thread ON records(thread_id, seq);
 CREATE INDEX IF NOT EXISTS records_time ON records(received_at);
 CREATE INDEX IF NOT EXISTS records_topic_sender ON records(topic, sender);  -- info counts without a table scan
+CREATE VIEW IF NOT EXISTS fts_source AS SELECT seq, persist_text(segment, offset, 0) AS text,
+    persist_text(segment, offset, 1) AS fields, sender, recipient, topic, thread_id, kind, tags FROM records;
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
-    text, fields, sender, recipient, topic, thread_id, kind, tags, tokenize='unicode61');
+    text, fields, sender, recipient, topic, thread_id, kind, tags, tokenize='unicode61',
+    content='fts_source', content_rowid='seq');
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value);
 """
+# An index whose FTS5 table holds its own copy of the text (persist before the view) is made again from the log.
+OLD_FTS = "SELECT 1 FROM sqlite_master WHERE name = 'fts' AND sql NOT LIKE '%fts_source%'"
 FIELDS = ("sender", "recipient", "thread_id", "kind")
 COLUMNS = "seq, received_at, topic, sender, recipient, thread_id, kind, tags, tokens, segment, offset, replay_of, own"
 ADDED_COLUMNS = {  # columns an index made by an older persist lacks: (definition, how to fill its rows)
@@ -53,6 +62,7 @@ ADDED_COLUMNS = {  # columns an index made by an older persist lacks: (definitio
     "own": ("INTEGER NOT NULL DEFAULT 0", "UPDATE records SET own = 1 WHERE topic LIKE '$persist/%'"),
 }
 INT64 = range(-(2**63), 2**63)
+STALE_SHARE = 0.25  # words of deleted records the FTS5 table may keep, as a share of its rows, before it is remade
 MAX_TEXT = 16 << 20  # characters of one record's text that are searchable (SQLite refuses a value over 1 GB)
 log = structlog.get_logger("persist.index")
 
@@ -140,6 +150,10 @@ def connect(path: Path, create: bool = True) -> sqlite3.Connection:
     try:
         db = sqlite3.connect(path, timeout=30, isolation_level=None)
         db.execute("PRAGMA busy_timeout=30000")
+        db.create_function("persist_text", 3, TextFromLog(LogDir(path.parent.parent)), deterministic=True)
+        if db.execute(OLD_FTS).fetchone():
+            log.info("index_remade", path=str(path), why="this persist keeps no copy of the text in the index")
+            db.executescript("DROP TABLE fts; DROP TABLE records; DROP TABLE state; VACUUM;")
         db.executescript(SCHEMA)  # idempotent; also completes a file an indexer has only just created
         have = {row[1] for row in db.execute("PRAGMA table_info(records)")}
         for name, (definition, fill) in ADDED_COLUMNS.items():
@@ -178,6 +192,28 @@ def searchable_text(rec: dict[str, Any], line: bytes | None = None) -> tuple[str
     return text[:MAX_TEXT], "\n".join(out)[:MAX_TEXT]
 
 
+class TextFromLog:
+    """``persist_text(segment, offset, column)``: column 0 (the text) or 1 (the fields) of ``searchable_text`` for
+    the line ending at ``offset`` of ``segment``, read back from the log; '' when that line is gone or defeats
+    extraction (as ``_indexable`` indexed it). FTS5 asks for both columns of a row one after the other, so the
+    last row's pair is kept."""
+
+    def __init__(self, log: LogDir) -> None:
+        self.log, self.last, self.texts = log, None, ("", "")
+
+    def __call__(self, segment: str, offset: int, column: int) -> str:
+        if (segment, offset) != self.last:
+            self.last, self.texts = (segment, offset), ("", "")
+            try:
+                line = line_at(self.log, segment, offset)
+                e = reader.entry(line, self.log.segments / segment) if line is not None else None
+                if e is not None:
+                    self.texts = searchable_text(e.rec, line)
+            except Exception:  # noqa: BLE001 - a function SQLite calls must never raise
+                pass
+        return self.texts[column]
+
+
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value in INT64 else None
 
@@ -212,9 +248,11 @@ def add(db: sqlite3.Connection, batch: list[tuple[dict[str, Any], str, int, byte
     pairs = [_indexable(rec, line, seg, off) for rec, seg, off, line in batch]
     db.execute("BEGIN IMMEDIATE")
     try:
+        # a row indexed already loses its words first, read back from where it lies (FTS5 keeps no copy of them)
+        db.execute("DELETE FROM fts WHERE rowid IN (SELECT seq FROM records WHERE seq BETWEEN ? AND ?)",
+                   (pairs[0][0][0], pairs[-1][0][0]))
         db.executemany(f"INSERT OR REPLACE INTO records ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                        [row for row, _ in pairs])
-        db.executemany("DELETE FROM fts WHERE rowid = ?", [(row[0],) for row, _ in pairs])
         db.executemany(
             "INSERT INTO fts(rowid, text, fields, sender, recipient, topic, thread_id, kind, tags) "
             "VALUES (?,?,?,?,?,?,?,?,?)", [fts for _, fts in pairs])
@@ -263,7 +301,11 @@ def catch_up(log: LogDir, db: sqlite3.Connection, progress: Callable[[str, int],
 
 
 def forget_deleted(log: LogDir, db: sqlite3.Connection) -> int:
-    """Drop the rows of segments ``storage.retention`` deleted: search never shows what is gone."""
+    """Drop the rows of segments ``storage.retention`` deleted: search never shows what is gone.
+
+    Their words cannot be read back any more, so they stay in the FTS5 table, matching no row (every query
+    joins ``records``), until they make up ``STALE_SHARE`` of it: then the word lists are made again from the
+    log (FTS5's ``rebuild``, over the rows that are left)."""
     removed = 0
     for stone in log.segments.glob("*.jsonl.deleted"):
         gone = retention.deleted(log, stone.name.removesuffix(".deleted"))
@@ -273,10 +315,25 @@ def forget_deleted(log: LogDir, db: sqlite3.Connection) -> int:
         if db.execute(f"SELECT 1 FROM records WHERE {rows} LIMIT 1", params).fetchone() is None:
             continue  # forgotten already
         db.execute("BEGIN IMMEDIATE")
-        db.execute(f"DELETE FROM fts WHERE rowid IN (SELECT seq FROM records WHERE {rows})", params)
-        removed += db.execute(f"DELETE FROM records WHERE {rows}", params).rowcount
+        n = db.execute(f"DELETE FROM records WHERE {rows}", params).rowcount
+        db.execute("INSERT INTO state VALUES ('stale', ?) ON CONFLICT (key) DO UPDATE SET value = value + ?", (n, n))
         db.execute("COMMIT")
+        removed += n
+    if removed:
+        remake_words_if_stale(db)
     return removed
+
+
+def remake_words_if_stale(db: sqlite3.Connection) -> None:
+    """Make the FTS5 word lists again from the log once deleted records' words are ``STALE_SHARE`` of them."""
+    found = db.execute("SELECT value FROM state WHERE key = 'stale'").fetchone()
+    stale = int(found[0]) if found else 0
+    if stale and stale >= STALE_SHARE * (stale + db.execute("SELECT count(*) FROM records").fetchone()[0]):
+        log.info("index_words_remade", stale=stale, why="words of records retention deleted")
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO fts(fts) VALUES ('rebuild')")
+        db.execute("DELETE FROM state WHERE key = 'stale'")
+        db.execute("COMMIT")
 
 
 from persist.daemon.index.rebuild import rebuild  # noqa: E402,F401 (API; it builds on the functions above)

@@ -95,13 +95,15 @@ def _search(db: sqlite3.Connection, query: str, filters: Filters, limit: int,
         where += (" AND fts.rowid >= (SELECT min(rowid) FROM "
                  "(SELECT rowid FROM fts WHERE fts MATCH ? ORDER BY rowid DESC LIMIT ?))")
         args = [query, RANK_WINDOW]
-    sql = (
-        "SELECT r.seq, r.segment, r.offset, snippet(fts, -1, ?, ?, '…', 12) AS snippet, bm25(fts) AS rank "
-        "FROM fts JOIN records r ON r.seq = fts.rowid "
-        f"WHERE fts MATCH ?{where} AND r.own = 0 ORDER BY rank, r.seq DESC LIMIT ?"
-    )
-    rows = db.execute(sql, [*highlight, query, *args, limit]).fetchall()
-    return [{"seq": s, "segment": seg, "offset": off, "snippet": snip, "rank": rank} for s, seg, off, snip, rank in rows]
+    rows = db.execute("SELECT r.seq, r.segment, r.offset, bm25(fts) AS rank FROM fts JOIN records r ON r.seq = fts.rowid "
+                      f"WHERE fts MATCH ?{where} AND r.own = 0 ORDER BY rank, r.seq DESC LIMIT ?",
+                      [query, *args, limit]).fetchall()
+    # snippets of the hits shown only: FTS5 cuts each from the text read back from the log
+    snippets = dict(db.execute(f"SELECT rowid, snippet(fts, -1, ?, ?, '…', 12) FROM fts WHERE fts MATCH ? "
+                               f"AND rowid IN ({','.join('?' * len(rows))})",
+                               [*highlight, query, *(r[0] for r in rows)]).fetchall()) if rows else {}
+    return [{"seq": s, "segment": seg, "offset": off, "snippet": snippets.get(s, ""), "rank": rank}
+            for s, seg, off, rank in rows]
 
 
 def _replays(include: bool) -> str:
