@@ -20,42 +20,11 @@ from typing import Any
 
 import click
 import orjson
-
+from persist.cli.errors import Failure, UsageError, json_errors  # noqa: F401 (API)
 from persist.daemon import config
 from persist.daemon.log import stats, times
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.render import payload_text, speaker
-
-
-class UsageError(click.ClickException):
-    """Bad input: one line saying what to do, exit 2.
-
-    With ``--json`` (``json_errors``) the line is a JSON object on stderr instead,
-    ``{"error": MESSAGE, "exit_code": N}``: stdout keeps only results, so a script
-    piping it into ``jq`` never parses an error as a record.
-    """
-
-    exit_code = 2
-    as_json = False
-
-    def show(self, file=None) -> None:
-        if self.as_json:
-            sys.stderr.write(orjson.dumps({"error": self.message, "exit_code": self.exit_code}).decode() + "\n")
-            sys.stderr.flush()
-        else:
-            click.echo(f"persist-cli: {self.message}", err=True)
-
-
-class Failure(UsageError):
-    """The command ran and found something wrong: exit 1."""
-
-    exit_code = 1
-
-
-def json_errors(ctx: click.Context, exc: UsageError) -> UsageError:
-    """``exc``, shown as a JSON object if ``--json`` was given anywhere on the command line."""
-    exc.as_json = bool(ctx.meta.get("persist.json"))
-    return exc
 
 
 def _utc(ctx: click.Context, param: click.Parameter, value: bool) -> None:

@@ -16,45 +16,41 @@ import importlib
 import os
 import sys
 
-# structlog imports rich's traceback machinery when rich is installed (~30 ms); the CLI's own log lines never
-# need it, so it is hidden while structlog loads. rich is imported later, only where a table is drawn.
-_had_rich = "rich" in sys.modules
-if not _had_rich:
-    sys.modules["rich"] = None  # type: ignore[assignment]
-try:
-    import click
+import click
+from persist.cli.errors import Failure, UsageError, json_errors
 
-    from persist.cli.common import Failure, UsageError, json_errors
-    from persist.daemon import logs
-    from persist.daemon.log import times
-    from persist.daemon.log.errors import CheckpointError, ControlError, RestoreError, SearchIndexError
-    from persist.daemon.log.fsutil import NotOurs
-finally:
-    if not _had_rich:
-        del sys.modules["rich"]
-
-COMMANDS = {
-    "status": "status:status",
-    "checkpoints": "checkpoints:group",
-    "restore": "checkpoints:restore_cmd",
-    "recent": "read:recent",
-    "export": "read:export",
-    "verify": "read:verify_cmd",
-    "recover": "read:recover",
-    "doctor": "status:doctor",
-    "stats": "status:stats_cmd",
-    "menu": "menu:menu",
-    "broker": "broker:broker",
-    "search": "search:search_cmd",
-    "thread": "search:thread_cmd",
-    "threads": "search:threads_cmd",
-    "index": "search:index_group",
-    "replay": "replay:replay",
-    "info": "info:info",
-    "archive": "archive:group",
-    "web": "web.command:web",
-    "keys": "keys:group",
-    "redact": "redact:group",
+COMMANDS = {  # name: where it lives, and its line in ``--help`` (listing needs no command module imported)
+    "archive": ("archive:group", "The PostgreSQL archive several recorders ship to."),
+    "broker": ("broker:broker", "Run a plain XPUB/XSUB proxy: publishers → FRONTEND, subscribers → BACKEND."),
+    "checkpoints": ("checkpoints:group", "List, inspect, create, compare and prune checkpoints."),
+    "doctor": ("status:doctor", "Check config, log dir, permissions, disk space, daemon and broker; one line each."),
+    "export": ("read:export", "Export records as JSON Lines (the on-disk schema), CSV or markdown."),
+    "index": ("search:index_group", "The search index (metadata_index/): derived, rebuildable from the JSONL."),
+    "info": ("info:info", "Time span, records, per-topic and per-sender counts, size, segments, checkpoints, gaps."),
+    "keys": ("keys:group", "CURVE keys for the bus: authentication and encryption between publishers, broker and "
+                           "daemon."),
+    "menu": ("menu:menu", "Pick a checkpoint to restore or print, browse recent records, see status, search."),
+    "recent": ("read:recent", "The last N records, read from the tail (instant on a huge log)."),
+    "recover": ("read:recover", "Repair what a crash left and bring the search index up to date (what the daemon "
+                                "does at start)."),
+    "redact": ("redact:group", "Secrets in messages: try the rules on a file, list them, or redact what was already "
+                               "recorded (apply)."),
+    "replay": ("replay:replay", "Publish recorded messages again, byte for byte, in recorded order (never $persist/ "
+                                "records)."),
+    "restore": ("checkpoints:restore_cmd", "Make checkpoint ID the active session; what came after moves to archive/ "
+                                           "(nothing is deleted)."),
+    "search": ("search:search_cmd", "Full-text search, best match first; exit 1 when nothing matches (as grep)."),
+    "stats": ("status:stats_cmd", "Records per topic and per sender, rate over the last minute, the checkpoint "
+                                  "timeline."),
+    "status": ("status:status", "Is the daemon recording, and reaching its broker? pid, uptime, records, rate, last "
+                                "checkpoint, disk, gaps."),
+    "thread": ("search:thread_cmd", "One conversation, across every tool and agent, in recorded order."),
+    "threads": ("search:threads_cmd", "Threads, most recently active first: first and last time, turns, "
+                                      "participants."),
+    "verify": ("read:verify_cmd", "Check every line is a whole record, seq is continuous, and every checkpoint holds "
+                                  "(exit 1 if not)."),
+    "web": ("web.command:web", "A read-only web page over the log: live records, threads, search, messages, agents, "
+                               "timeline."),
 }
 ARCHIVE_COMMANDS = {  # with --archive URL these answer from the archive, across nodes
     "search": "archive:search_cmd", "thread": "archive:thread_cmd", "threads": "archive:threads_cmd",
@@ -80,10 +76,17 @@ class Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands and their lines from ``COMMANDS``, as click lays them out, importing none of them."""
+        width = formatter.width - 6 - max(map(len, COMMANDS))
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, click.utils.make_default_short_help(line, width))
+                                for name, (_, line) in sorted(COMMANDS.items())])
+
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
             return None
-        target = COMMANDS[name]
+        target = COMMANDS[name][0]
         if ctx.params.get("archive_url") and name in ARCHIVE_COMMANDS:
             target = ARCHIVE_COMMANDS[name]
         module, attr = target.split(":")
@@ -108,6 +111,9 @@ class Group(click.Group):
             raise json_errors(ctx, UsageError(f"{exc.format_message()} (see persist-cli --help)")) from None
 
     def invoke(self, ctx: click.Context):
+        from persist.daemon.log.errors import CheckpointError, ControlError, RestoreError, SearchIndexError
+        from persist.daemon.log.fsutil import NotOurs
+
         try:
             return super().invoke(ctx)
         except UsageError as exc:
@@ -137,6 +143,8 @@ def cli(ctx: click.Context, log_dir: str | None, config_path: str | None, as_jso
 
     Global options go before the command (persist-cli --log-dir D recent) or after it: the same either way.
     """
+    from persist.daemon.log import times
+
     times.use_utc(utc)  # per run: a command's own --utc turns it on too
     ctx.call_on_close(lambda: times.use_utc(False))  # and only for this run (tests run many in one process)
     given = {"log_dir": log_dir, "config_path": config_path, "as_json": as_json or None, "utc": utc or None,
@@ -151,8 +159,24 @@ def cli(ctx: click.Context, log_dir: str | None, config_path: str | None, as_jso
 
 def main() -> None:
     os.umask(0o077)  # what the CLI creates (index, exports, restored logs) is private unless the user says otherwise
-    logs.setup("auto", "warning", sys.stderr)  # the library's warnings go to stderr, never into --json output
+    if not {"-h", "--help", "--version"} & set(sys.argv[1:]):  # help needs no logging: it stays quick
+        setup_logs()
     cli()
+
+
+def setup_logs() -> None:
+    """The library's warnings go to stderr, never into ``--json`` output. structlog imports rich's traceback machinery when rich is installed (~30 ms);
+    the CLI's own log lines never need it, so it is hidden while structlog loads (rich is imported later, only
+    where a table is drawn)."""
+    had_rich = "rich" in sys.modules
+    if not had_rich:
+        sys.modules["rich"] = None  # type: ignore[assignment]
+    try:
+        from persist.daemon import logs
+    finally:
+        if not had_rich:
+            del sys.modules["rich"]
+    logs.setup("auto", "warning", sys.stderr)
 
 
 if __name__ == "__main__":

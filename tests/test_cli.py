@@ -228,3 +228,23 @@ def test_a_storm_of_stop_signals_stops_cleanly(command, workdir):
     errors = proc.stderr.read()
     assert code == 0, f"a storm of stop signals must end in a clean exit 0, not {code}: {errors[-2000:]}"
     assert "Traceback" not in errors
+
+
+def test_help_lists_each_commands_own_line_without_importing_any_command():
+    import subprocess
+    import sys
+
+    import click
+
+    from persist.cli.main import COMMANDS, cli
+
+    ctx = click.Context(cli)
+    for name, (_, line) in COMMANDS.items():  # the table's lines are the commands' own (their docstrings)
+        assert cli.get_command(ctx, name).get_short_help_str(500) == line, name
+    probe = ("import sys; sys.argv = ['persist-cli', '--help']\nfrom persist.cli import main\ntry:\n    main.main()\n"
+             "except SystemExit:\n    pass\nprint(sorted(m for m in sys.modules if m.startswith('persist.') "
+             "and m not in ('persist.cli', 'persist.cli.main', 'persist.cli.errors')), "
+             "'structlog' in sys.modules, 'orjson' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "Commands:" in out and "redact" in out and "web" in out
+    assert out.splitlines()[-1] == "[] False True", out  # click and the errors module: nothing else of persist
