@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,14 +26,14 @@ class WebServer:
     """``persist-cli web --log-dir DIR ARGS`` on a free port; ``url`` is what it printed."""
 
     def __init__(self, log_dir: Path, *args: str) -> None:
+        self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([str(BIN / "persist-cli"), "web", "--log-dir", str(log_dir), *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     preexec_fn=die_with_test)
+                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True, preexec_fn=die_with_test)
         line = self.proc.stdout.readline()
         m = re.search(r"(http://\S+)", line)
         if not m:
             self.proc.kill()
-            raise AssertionError(f"persist-cli web did not start: {line!r} {self.proc.stderr.read()!r}")
+            raise AssertionError(f"persist-cli web did not start: {line!r} {self.errors()!r}")
         self.url = m.group(1)
         self.origin = re.match(r"http://[^/]+", self.url).group(0)
 
@@ -45,13 +46,17 @@ class WebServer:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
+    def errors(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
             self.proc.wait(10)
         finally:
             self.proc.stdout.close()
-            self.proc.stderr.close()
+            self.stderr.close()
 
 
 def chromium_or_fail() -> str:

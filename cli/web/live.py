@@ -3,7 +3,7 @@
 resume, and the rate sparkline.
 
 Records are chosen as ``persist-cli recent`` chooses them (``select.recent``, ``select.matches``). Each
-event carries its seq as the SSE id and as the page's ``#last-seq``: resume (and a browser reconnecting
+event (the records of one read) carries its newest seq as the SSE id and as the page's ``#last-seq``: resume (and a browser reconnecting
 with ``Last-Event-ID``) asks for the records after it, read from the log first and then from the ``tail``,
 each seq sent once, so nothing is missed and nothing shown twice.
 """
@@ -26,6 +26,7 @@ from starlette.routing import Route
 FIRST = 100  # records shown when the page opens
 FILTERS = ("topic", "sender", "kind", "thread")
 KEEPALIVE = 15.0  # seconds between comments on a quiet stream (a closed browser is noticed)
+GATHER = 0.03  # seconds records are gathered into one event after the first: at most ~30 swaps a second
 
 
 def filters_of(request: Request) -> dict[str, Any]:
@@ -54,10 +55,12 @@ def routes(viewer) -> list[Route]:
     row_template = viewer.templates.get_template("_row.html")
     log = viewer.source.log
 
-    def event(e: Entry) -> str:
-        html = row_template.render(r=show.row(e), fresh=True) + (
-            f'<input type="hidden" id="last-seq" name="after" value="{e.seq}" hx-swap-oob="true">')
-        return "event: record\nid: %d\n%s\n\n" % (e.seq, "\n".join("data: " + x for x in html.splitlines()))
+    def event(entries: list[Entry]) -> str:
+        """One SSE event for the records of one read (newest first, as the table shows them): one swap in the
+        page however many records came at once."""
+        html = "".join(row_template.render(r=show.row(e)) for e in reversed(entries)) + (
+            f'<input type="hidden" id="last-seq" name="after" value="{entries[-1].seq}" hx-swap-oob="true">')
+        return "event: record\nid: %d\n%s\n\n" % (entries[-1].seq, "\n".join("data: " + x for x in html.splitlines()))
 
     def newest(filters: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
         last = reader.last_record(log)
@@ -109,22 +112,22 @@ def routes(viewer) -> list[Route]:
                 yield "retry: 1000\n\n"
                 if after >= 0:
                     async for chunk in iterate_in_threadpool(backlog(after)):
-                        out = [event(e) for e in chunk if select.matches(e.rec, **filters)]
+                        wanted = [e for e in chunk if select.matches(e.rec, **filters)]
                         sent = max(sent, chunk[-1].seq)
-                        if out:
-                            yield "".join(out)
+                        if wanted:
+                            yield event(wanted)
                 while True:
                     try:
-                        batch = await sub.get(KEEPALIVE)
+                        batch = await sub.get(KEEPALIVE, GATHER)
                     except asyncio.TimeoutError:
                         yield ": keepalive\n\n"
                         continue
                     if batch is None:
                         return  # too slow to keep up: the browser reconnects with Last-Event-ID and catches up
-                    out = [event(e) for e in batch if e.seq > sent and select.matches(e.rec, **filters)]
+                    wanted = [e for e in batch if e.seq > sent and select.matches(e.rec, **filters)]
                     sent = max(sent, batch[-1].seq)
-                    if out:
-                        yield "".join(out)
+                    if wanted:
+                        yield event(wanted)
             finally:
                 viewer.tail.unsubscribe(sub)
 

@@ -29,7 +29,7 @@ def colour(agent: str | None) -> str:
 def tick(epoch: float, span: float) -> str:
     """A time axis's tick: the time as every page shows times (``times.show``), as short as the span allows."""
     shown = times.show(iso_utc(int(epoch * 1e9)))  # 2026-11-24 20:22:01.123 +01:00
-    return shown[11:19] if span < 86400 else shown[5:16]
+    return shown[11:23] if span < 60 else shown[11:19] if span < 86400 else shown[5:16]
 
 
 def meta(rec: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +57,6 @@ def row(e: Entry) -> dict[str, Any]:
         "text": text,
         "short": text if len(text) <= SHORT else text[:SHORT] + "…",
         "system": system,
-        "colour": colour("persist" if system else sender),
+        "colour": colour(None if system else sender),
         "binary": "payload_b64" in e.rec,
     }

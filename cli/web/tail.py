@@ -41,8 +41,15 @@ class Subscriber:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, batch)
         return True
 
-    async def get(self, timeout: float) -> list[Entry] | None:
+    async def get(self, timeout: float, gather: float = 0.0) -> list[Entry] | None:
+        """The next records (None once dropped); with ``gather``, also those that come within that many seconds
+        after the first, in one list: a page swaps in a few dozen rows at a time, not one per record."""
         batch = await asyncio.wait_for(self.queue.get(), timeout)
+        if batch is not None and gather:
+            await asyncio.sleep(gather)
+            while batch is not None and not self.queue.empty():
+                more = self.queue.get_nowait()
+                batch = None if more is None else batch + more
         if batch is not None:
             self.size -= len(batch)
         return batch
