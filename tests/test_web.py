@@ -183,6 +183,7 @@ def test_binding_beyond_loopback_makes_a_token_and_refuses_requests_without_it(b
     (["--token", "short"], "--token must be at least 16 characters"),
     (["--port", "70000"], "--port"),
     (["--bind", "no.such.host.invalid"], "--bind 'no.such.host.invalid' is not an address"),
+    (["--archive", "postgresql://nowhere/db"], "--archive: the web viewer reads a log dir"),
 ])
 def test_bad_flags_are_one_line(built, args, words):
     result = cli(built.root, "web", *args)

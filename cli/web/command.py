@@ -56,8 +56,9 @@ def listen(host: str, port: int) -> socket.socket:
 @click.option("--token", envvar="PERSIST_WEB_TOKEN", metavar="TOKEN",
               help="Required on every request (in the printed URL once, then a cookie); made up and printed when "
                    "--bind is not loopback and none is given (env PERSIST_WEB_TOKEN).")
+@click.option("--archive", "archive_url", metavar="URL", hidden=True)
 @with_log_dir
-def web(cfg, log, bind, port, token) -> None:
+def web(cfg, log, bind, port, token, archive_url) -> None:
     """A read-only web page over the log: live records, threads, search, messages, agents, timeline.
 
     Serves everything itself (works with no network); prints its URL; Ctrl-C stops.
@@ -68,6 +69,8 @@ def web(cfg, log, bind, port, token) -> None:
     except ImportError as exc:
         raise UsageError(f"persist-cli web needs the web extra ({exc.name} is missing): "
                          "pip install 'persist[web]' (./scripts/setup.sh installs it)") from None
+    if archive_url:
+        raise UsageError("--archive: the web viewer reads a log dir (--log-dir), not the PostgreSQL archive")
     require_log(log)
     if token is not None and not TOKEN.match(token):
         raise UsageError("--token must be at least 16 characters of letters, digits, '.', '_', '~' or '-'")
