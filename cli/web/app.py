@@ -15,10 +15,11 @@ from typing import Any
 from persist.cli.web.guard import Guard
 from persist.cli.web.source import Source
 from persist.cli.web.tail import Tail
+from persist.daemon.log.errors import SearchIndexError
 from persist.daemon.log.layout import LogDir
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -40,6 +41,19 @@ class Viewer:
                                                status_code=status)
 
 
+def number(text: str | None, default: int, low: int = 0, high: int = 1 << 62) -> int:
+    """A whole-number query parameter, kept within ``low``..``high``; ``default`` when missing or not a number."""
+    try:
+        return min(max(int(text), low), high) if text not in (None, "") else default
+    except ValueError:
+        return default
+
+
+async def index_busy(request: Request, exc: Exception) -> Response:
+    """The search index cannot answer yet (an indexer is making it): one line, 503, try again."""
+    return PlainTextResponse(f"persist web: {exc}\n", status_code=503)
+
+
 def create(log: LogDir, token: str | None = None, hosts: set[str] | None = None) -> Guard:
     """The whole application for ``log``, guarded (``token``: required on every request when set)."""
     from persist.cli.web import agents, live, message, search, threads, timeline
@@ -55,4 +69,5 @@ def create(log: LogDir, token: str | None = None, hosts: set[str] | None = None)
     routes = [*live.routes(viewer), *threads.routes(viewer), *search.routes(viewer), *message.routes(viewer),
               *agents.routes(viewer), *timeline.routes(viewer),
               Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")]
-    return Guard(Starlette(routes=routes, lifespan=lifespan), token, hosts)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={SearchIndexError: index_busy})
+    return Guard(app, token, hosts)

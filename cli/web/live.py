@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from persist.cli.web import show, svg
+from persist.cli.web.app import number
 from persist.daemon.log import reader, select
 from persist.daemon.log.reader import Entry
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -42,13 +43,6 @@ def query_of(filters: dict[str, Any], **more: Any) -> str:
     if not filters.get("system", True):
         pairs["system"] = "0"
     return urlencode({**pairs, **{k: v for k, v in more.items() if v is not None}})
-
-
-def _int(text: str | None, default: int) -> int:
-    try:
-        return int(text) if text is not None else default
-    except ValueError:
-        return default
 
 
 def routes(viewer) -> list[Route]:
@@ -94,7 +88,7 @@ def routes(viewer) -> list[Route]:
 
     def stream_box(request: Request) -> Response:
         filters = filters_of(request)
-        after = _int(request.query_params.get("after"), 0)
+        after = number(request.query_params.get("after"), 0)
         return viewer.page(request, "_stream.html", paused=request.query_params.get("paused") == "1", last=after,
                            query=query_of(filters, after=after))
 
@@ -103,7 +97,7 @@ def routes(viewer) -> list[Route]:
 
     async def events(request: Request) -> Response:
         filters = filters_of(request)
-        after = _int(request.headers.get("last-event-id") or request.query_params.get("after"), -1)
+        after = number(request.headers.get("last-event-id") or request.query_params.get("after"), -1, low=-1)
         sub = await run_in_threadpool(viewer.tail.subscribe, asyncio.get_running_loop())
 
         async def stream():

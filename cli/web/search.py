@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 from markupsafe import Markup, escape
 from persist.cli.web import show
+from persist.cli.web.app import number
 from persist.daemon.index.search import Filters, search, with_records
 from persist.daemon.log import times
 from persist.daemon.log.errors import SearchIndexError
@@ -31,14 +32,14 @@ def routes(viewer) -> list[Route]:
     def page(request: Request) -> Response:
         q = request.query_params
         form = {k: q.get(k, "").strip() for k in ("q", "sender", "topic", "thread", "kind", "since", "until")}
-        limit = int(q.get("limit", "50")) if q.get("limit", "50").isdigit() else 50
+        limit = number(q.get("limit"), 50, 1, 1000)
         hits, error = [], None
         if form["q"]:
             try:
                 filters = Filters(form["sender"] or None, form["topic"] or None, form["thread"] or None,
                                   form["kind"] or None, _when(form["since"], "since"), _when(form["until"], "until"))
                 with source.index(wait=1.0) as db:
-                    found = with_records(source.log, search(db, form["q"], filters, max(1, min(limit, 1000)), MARKS))
+                    found = with_records(source.log, search(db, form["q"], filters, limit, MARKS))
                 for hit, e in found:
                     r = show.row(e)
                     r["snippet"] = highlighted(hit["snippet"])

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from persist.cli.web import show
+from persist.cli.web.app import number
 from persist.daemon.index.search import close_threads, threads
 from persist.daemon.log import render, times
 from persist.daemon.log.reader import Entry
@@ -58,7 +59,7 @@ def routes(viewer) -> list[Route]:
     source = viewer.source
 
     def listing(request: Request) -> Response:
-        limit = min(max(int(request.query_params.get("limit", "100") or 100), 1), 100000)
+        limit = number(request.query_params.get("limit"), 100, 1, 100000)
         with source.index(wait=1.0) as db:
             found = threads(db, limit)
         rows = [{**t, "first": times.show(t["first_at"]), "last": times.show(t["last_at"]),
@@ -102,8 +103,8 @@ def routes(viewer) -> list[Route]:
 
     def thread(request: Request) -> Response:
         tid = request.path_params["tid"]
-        at = request.query_params.get("at")
-        at = int(at) if at and at.isdigit() else None
+        at = number(request.query_params.get("at"), -1, -1)
+        at = None if at < 0 else at
         with source.index(wait=1.0) as db:
             rows = source.thread_rows(db, tid)
             if not rows:
@@ -123,8 +124,8 @@ def routes(viewer) -> list[Route]:
         q = request.query_params
         with source.index(wait=0.5) as db:
             rows = source.thread_rows(db, tid)
-            start = max(0, min(int(q.get("start", "0")), len(rows)))
-            end = max(start, min(int(q.get("end", str(start + WINDOW))), len(rows)))
+            start = number(q.get("start"), 0, 0, len(rows))
+            end = number(q.get("end"), start + WINDOW, start, min(len(rows), start + WINDOW))
             window = turns(db, tid, rows, start, end, None)
         return viewer.page(request, "_turns.html", **window)
 
