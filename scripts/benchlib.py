@@ -76,18 +76,22 @@ def publisher(frontend: str) -> zmq.Socket:
 
 
 def build_log(root: Path, nbytes: int | None = None, records: int | None = None) -> int:
-    """A log dir of realistic records (rotated into 256 MiB segments); returns the record count."""
+    """A log dir of realistic records (rotated into 256 MiB segments), enriched as the daemon enriches them
+    (its built-in enrichers with the default config); returns the record count."""
+    from persist.daemon import enrich
+    from persist.daemon.config import EnrichSection
+
     log = LogDir(root)
     log.create()
     templates = payloads(5000, seed=3)
+    enriched = enrich.pipeline(EnrichSection())
     seq, written, first, buf = 0, 0, 1, []
     out = open(log.active, "wb")
     now = time.time_ns()
     while (nbytes is not None and written < nbytes) or (records is not None and seq < records):
         seq += 1
-        payload = templates[seq % len(templates)]
-        line = encode(Message.from_frames([b"agent.chat", payload], now + seq * 1000), seq,
-                      {"sender": AGENTS[seq % 5], "thread_id": f"thread-{seq % 997:04d}"})
+        msg = Message.from_frames([b"agent.chat", templates[seq % len(templates)]], now + seq * 1000)
+        line = encode(msg, seq, enriched(msg))
         buf.append(line)
         written += len(line)
         if len(buf) == 5000:

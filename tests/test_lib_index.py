@@ -201,3 +201,23 @@ def test_a_line_that_is_gone_or_garbled_reads_back_as_no_text(tmp_path):
     assert read("seg-0000000000000099.jsonl", 10, 0) == ""  # no such segment
     assert read(reader.first_record(log.active) and "nonsense/../../x", 5, 1) == ""
     assert read(log.active.name, 3, 0) == ""  # not a whole line
+
+
+def test_a_records_sender_and_thread_are_listed_once_and_still_found(tmp_path):
+    from persist.daemon.index.search import Filters, search
+
+    log = LogDir(tmp_path / "logs")
+    log.create()
+    writer = SegmentWriter(log, fsync="off")
+    writer.open()
+    payload = {"sender": "zedagent", "thread_id": "quokka-7", "note": "extra words", "text": "hello there"}
+    writer.append(encode(Message.from_frames([b"chat", orjson.dumps(payload)], time.time_ns()), 1,
+                         {"sender": "zedagent", "thread_id": "quokka-7"}))
+    writer.close()
+    rec = next(reader.records(log)).rec
+    assert index.indexed_text(rec, None) == ("hello there", "extra words")  # not the sender nor the thread again
+    index.rebuild(log)
+    db = index.connect(index.index_path(log))
+    assert [h["seq"] for h in search(db, "zedagent", Filters(), 5)] == [1]  # found in the sender's column
+    assert [h["seq"] for h in search(db, "quokka", Filters(), 5)] == [1]
+    db.close()

@@ -44,7 +44,6 @@ CREATE TABLE IF NOT EXISTS records (
     sender TEXT, recipient TEXT, thread_id TEXT, kind TEXT, tags TEXT, tokens INTEGER,
     segment TEXT NOT NULL, offset INTEGER NOT NULL, replay_of INTEGER, own INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS records_thread ON records(thread_id, seq);
-CREATE INDEX IF NOT EXISTS records_time ON records(received_at);
 CREATE INDEX IF NOT EXISTS records_topic_sender ON records(topic, sender);  -- info counts without a table scan
 CREATE VIEW IF NOT EXISTS fts_source AS SELECT seq, persist_text(segment, offset, 0) AS text,
     persist_text(segment, offset, 1) AS fields, sender, recipient, topic, thread_id, kind, tags FROM records;
@@ -169,9 +168,11 @@ def connect(path: Path, create: bool = True) -> sqlite3.Connection:
     return db
 
 
-def searchable_text(rec: dict[str, Any], line: bytes | None = None) -> tuple[str, str]:
+def searchable_text(rec: dict[str, Any], line: bytes | None = None, leave_out: frozenset[str] = frozenset()
+                    ) -> tuple[str, str]:
     """``(text, fields)``: the message's main text, and every other string in its payload and in
-    every other JSON frame (headers, an envelope's body, a third frame), so all of them are searchable.
+    every other JSON frame (headers, an envelope's body, a third frame), so all of them are searchable
+    (but those in ``leave_out``).
 
     Walks the values without recursion: a payload nested as deep as the
     parser accepts is indexed like any other.
@@ -183,7 +184,7 @@ def searchable_text(rec: dict[str, Any], line: bytes | None = None) -> tuple[str
         while stack:
             v = stack.pop()
             if isinstance(v, str):
-                if v != text:
+                if v != text and v not in leave_out:
                     out.append(v)
             elif isinstance(v, dict):
                 stack.extend(reversed(list(v.values())))
@@ -193,7 +194,7 @@ def searchable_text(rec: dict[str, Any], line: bytes | None = None) -> tuple[str
 
 
 class TextFromLog:
-    """``persist_text(segment, offset, column)``: column 0 (the text) or 1 (the fields) of ``searchable_text`` for
+    """``persist_text(segment, offset, column)``: column 0 (the text) or 1 (the fields) of ``indexed_text`` for
     the line ending at ``offset`` of ``segment``, read back from the log; '' when that line is gone or defeats
     extraction (as ``_indexable`` indexed it). FTS5 asks for both columns of a row one after the other, so the
     last row's pair is kept."""
@@ -208,7 +209,7 @@ class TextFromLog:
                 line = line_at(self.log, segment, offset)
                 e = reader.entry(line, self.log.segments / segment) if line is not None else None
                 if e is not None:
-                    self.texts = searchable_text(e.rec, line)
+                    self.texts = indexed_text(e.rec, line)
             except Exception:  # noqa: BLE001 - a function SQLite calls must never raise
                 pass
         return self.texts[column]
@@ -226,8 +227,15 @@ def _row(rec: dict[str, Any], segment: str, offset: int) -> tuple:
             _int(meta.get("tokens")), segment, offset, _int(meta.get("replay_of")), int(is_system(rec)))
 
 
+def indexed_text(rec: dict[str, Any], line: bytes | None) -> tuple[str, str]:
+    """``searchable_text`` less the sender, recipient, thread and kind, which the FTS5 table holds in columns of
+    their own: listed once per record, and found by a query that names no column just the same."""
+    meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+    return searchable_text(rec, line, frozenset(str(meta[k]) for k in FIELDS if meta.get(k) is not None))
+
+
 def _fts(rec: dict[str, Any], line: bytes | None, row: tuple) -> tuple:
-    return (row[0], *searchable_text(rec, line), row[3], row[4], row[2], row[5], row[6], row[7])
+    return (row[0], *indexed_text(rec, line), row[3], row[4], row[2], row[5], row[6], row[7])
 
 
 def _indexable(rec: dict[str, Any], line: bytes | None, segment: str, offset: int) -> tuple[tuple, tuple]:

@@ -41,6 +41,7 @@ def rebuild(log: LogDir, progress: Callable[[int], None] | None = None, timeout:
         new = connect(fresh)
         try:
             count = catch_up(log, new, progress and (lambda seg, off: progress(starts.get(seg, 0) + off)))
+            new.execute("VACUUM")  # the pages FTS5 freed while merging its word lists are not copied in
             _swap_in(new, path, fresh)
         finally:
             new.close()
