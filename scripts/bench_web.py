@@ -36,16 +36,17 @@ from benchlib import (
     start_broker,
     wait_until_receiving,
 )
+from webproc import WebServer, launch
+
 from persist.daemon.log import times
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.record import Message, encode
-from webproc import WebServer, launch
 
 OBSERVE = """
 window.__seen = [];
 new MutationObserver(ms => { const now = performance.timeOrigin + performance.now();
-  for (const m of ms) for (const n of m.addedNodes) if (n.nodeType === 1 && n.matches('tr.rec'))
-    window.__seen.push([n.textContent, now]); }).observe(document.getElementById('rows'), {childList: true});
+  for (const m of ms) for (const n of m.addedNodes) if (n.nodeType === 1) for (const r of (n.matches('tr.rec') ? [n] : n.querySelectorAll('tr.rec')))
+    window.__seen.push([r.textContent, now]); }).observe(document.getElementById('rows'), {childList: true, subtree: true});
 """
 LOADED = "performance.getEntriesByType('navigation')[0].loadEventEnd"
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from persist.cli.web import show, svg
-from persist.daemon.log import times
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from persist.cli.web import show, svg
+from persist.daemon.log import times
 
 EDGE_LIMIT = 200  # messages listed for one arrow
 EVERYONE = "*"  # the recipient of a message to no one in particular, in an arrow's URL

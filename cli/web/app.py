@@ -12,17 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from persist.cli.web.guard import Guard
-from persist.cli.web.source import Source
-from persist.cli.web.tail import Tail
-from persist.daemon.log.errors import SearchIndexError
-from persist.daemon.log.layout import LogDir
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+
+from persist.cli.web.guard import Guard
+from persist.cli.web.source import Source
+from persist.cli.web.tail import Tail
+from persist.daemon.log.errors import SearchIndexError
+from persist.daemon.log.layout import LogDir
 
 HERE = Path(__file__).parent
 HTMX = "htmx-2.0.11.min.js"

@@ -14,6 +14,7 @@ import socket
 import sys
 
 import click
+
 from persist.cli.common import UsageError, require_log, with_log_dir
 from persist.daemon.log import times
 
@@ -65,6 +66,7 @@ def web(cfg, log, bind, port, token, archive_url) -> None:
     """
     try:
         import uvicorn
+
         from persist.cli.web.app import create
     except ImportError as exc:
         raise UsageError(f"persist-cli web needs the web extra ({exc.name} is missing): "

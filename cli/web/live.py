@@ -15,14 +15,15 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
-from persist.cli.web import show, svg
-from persist.cli.web.app import number
-from persist.daemon.log import reader, select
-from persist.daemon.log.reader import Entry
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from persist.cli.web import show, svg
+from persist.cli.web.app import number
+from persist.daemon.log import reader, select
+from persist.daemon.log.reader import Entry
 
 FIRST = 100  # records shown when the page opens
 FILTERS = ("topic", "sender", "kind", "thread")
@@ -50,9 +51,9 @@ def routes(viewer) -> list[Route]:
     log = viewer.source.log
 
     def event(entries: list[Entry]) -> str:
-        """One SSE event for the records of one read (newest first, as the table shows them): one swap in the
-        page however many records came at once."""
-        html = "".join(row_template.render(r=show.row(e)) for e in reversed(entries)) + (
+        """One SSE event for the records of one read: a ``<tbody>`` of their rows (newest first, as the table shows
+        them) that goes in above the rows shown, one element for the page to take in however many records came."""
+        html = "<tbody>" + "".join(row_template.render(r=show.row(e)) for e in reversed(entries)) + "</tbody>" + (
             f'<input type="hidden" id="last-seq" name="after" value="{entries[-1].seq}" hx-swap-oob="true">')
         return "event: record\nid: %d\n%s\n\n" % (entries[-1].seq, "\n".join("data: " + x for x in html.splitlines()))
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from persist.cli.web import show
-from persist.daemon.log import envelope, verify
-from persist.daemon.log.record import decode_frames, frames_sha256, is_system
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from persist.cli.web import show
+from persist.daemon.log import envelope, verify
+from persist.daemon.log.record import decode_frames, frames_sha256, is_system
 
 HEX_BYTES = 4096  # bytes of a binary frame dumped in hex (the size says how many there are)
 

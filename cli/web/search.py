@@ -9,14 +9,15 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from markupsafe import Markup, escape
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
 from persist.cli.web import show
 from persist.cli.web.app import number
 from persist.daemon.index.search import Filters, search, with_records
 from persist.daemon.log import times
 from persist.daemon.log.errors import SearchIndexError
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 MARKS = ("\ue000", "\ue001")  # snippet highlight, swapped for <mark> once the text is escaped
 LIMITS = (20, 50, 200)

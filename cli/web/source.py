@@ -111,3 +111,26 @@ class Source:
         rows = db.execute("SELECT segment, offset FROM records WHERE seq <= ? AND own = 0 ORDER BY seq DESC LIMIT ?",
                           (last_seq, limit)).fetchall()
         return rows[::-1]
+
+    @staticmethod
+    def threads(db: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+        """``persist-cli threads`` (``search.threads``: most recently active first, no replays), found by walking
+        the newest records back until ``limit`` threads are seen, then counting only those threads: on a million
+        records this reads a few thousand rows instead of grouping them all."""
+        found: list[str] = []
+        seen: set[str] = set()
+        for (tid,) in db.execute("SELECT thread_id FROM records WHERE thread_id IS NOT NULL AND replay_of IS NULL "
+                                 "ORDER BY seq DESC"):
+            if tid not in seen:
+                seen.add(tid)
+                found.append(tid)
+                if len(found) >= limit:
+                    break
+        out = []
+        for tid in found:
+            first, last, turns, senders = db.execute(
+                "SELECT min(received_at), max(received_at), count(*), group_concat(DISTINCT sender) FROM records "
+                "WHERE thread_id = ? AND replay_of IS NULL", (tid,)).fetchone()
+            out.append({"thread_id": tid, "first_at": first, "last_at": last, "turns": turns,
+                        "participants": sorted(senders.split(",")) if senders else []})
+        return out

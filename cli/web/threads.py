@@ -1,6 +1,7 @@
 """The threads list and one thread as a conversation.
 
-The list is ``persist-cli threads`` (``search.threads``). A thread is ``persist-cli thread``'s records, in
+The list is ``persist-cli threads`` (``Source.threads``: the same rows as ``search.threads``, found from the
+newest records back). A thread is ``persist-cli thread``'s records, in
 recorded order, shown a window at a time (``WINDOW`` turns around the one asked for, more as the reader
 scrolls), so a thread of 10,000 turns opens as fast as one of ten: its rows come from the index, and only
 the window's records are read from the log. Within the window: each agent in its colour, a response
@@ -15,15 +16,16 @@ import bisect
 from typing import Any
 from urllib.parse import quote
 
-from persist.cli.web import show
-from persist.cli.web.app import number
-from persist.daemon.index.search import close_threads, threads
-from persist.daemon.log import render, times
-from persist.daemon.log.reader import Entry
-from persist.daemon.log.select import newest_fitting, tokens
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
+
+from persist.cli.web import show
+from persist.cli.web.app import number
+from persist.daemon.index.search import close_threads
+from persist.daemon.log import render, times
+from persist.daemon.log.reader import Entry
+from persist.daemon.log.select import newest_fitting, tokens
 
 WINDOW = 200  # turns shown at once
 BEFORE = 20  # turns shown before the one a link opens the thread at
@@ -61,7 +63,7 @@ def routes(viewer) -> list[Route]:
     def listing(request: Request) -> Response:
         limit = number(request.query_params.get("limit"), 100, 1, 100000)
         with source.index(wait=1.0) as db:
-            found = threads(db, limit)
+            found = source.threads(db, limit)
         rows = [{**t, "first": times.show(t["first_at"]), "last": times.show(t["last_at"]),
                  "agents": [(p, show.colour(p)) for p in t["participants"]]} for t in found]
         return viewer.page(request, "threads.html", tab="threads", threads=rows, limit=limit,

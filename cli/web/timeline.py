@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from persist.cli.web import show, svg
-from persist.daemon.log import checkpoints, reader, times
-from persist.daemon.log.errors import CheckpointError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from persist.cli.web import show, svg
+from persist.daemon.log import checkpoints, reader, times
+from persist.daemon.log.errors import CheckpointError
 
 LANES = ("checkpoint", "gap", "restore", "retention", "rotation", "start", "stop")
 SYSTEM = tuple(f"$persist/{lane}" for lane in LANES if lane not in ("checkpoint", "rotation"))

@@ -1,13 +1,18 @@
 /* persist web: the little the page does itself (everything else is htmx): keep the live table to a
    bounded length, copy a conversation as a prompt, and show where a thread was opened. */
 (function () {
-  var MAX_ROWS = 1000;
+  var MAX_ROWS = 300;  // the live table stays short: each new row costs a layout of every row shown
   document.body.addEventListener("htmx:sseMessage", function () {
-    var rows = document.getElementById("rows");
-    if (!rows) return;
+    var table = document.getElementById("rows");  // a <tbody> per event, newest on top
+    if (!table) return;
     var empty = document.getElementById("no-rows");
     if (empty) empty.remove();
-    while (rows.children.length > MAX_ROWS) rows.lastElementChild.remove();
+    var extra = table.querySelectorAll("tbody tr").length - MAX_ROWS;
+    while (extra > 0 && table.tBodies.length) {
+      var last = table.tBodies[table.tBodies.length - 1];
+      if (last.rows.length <= extra) { extra -= last.rows.length; last.remove(); }
+      else { while (extra-- > 0) last.lastElementChild.remove(); }
+    }
   });
   document.body.addEventListener("htmx:afterSwap", function (ev) {
     if (ev.target.id !== "prompt-out") return;
