@@ -20,9 +20,10 @@ from typing import Any
 
 import click
 import orjson
+
 from persist.cli.errors import Failure, UsageError, json_errors  # noqa: F401 (API)
 from persist.daemon import config
-from persist.daemon.log import stats, times
+from persist.daemon.log import times
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.render import payload_text, speaker
 
@@ -155,6 +156,8 @@ def progress(length: int, label: str) -> Iterator[Any]:
 
 def log_progress(log: LogDir, label: str):
     """``progress`` over every byte of the log (``verify``, ``index rebuild``)."""
+    from persist.daemon.log import stats
+
     return progress(stats.log_bytes(log), label)
 
 

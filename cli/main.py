@@ -11,12 +11,12 @@ one JSON object on stderr (``common.UsageError.show``).
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import sys
 
 import click
+
 from persist.cli.errors import Failure, UsageError, json_errors
 
 COMMANDS = {  # name: where it lives, and its line in ``--help`` (listing needs no command module imported)
@@ -95,6 +95,8 @@ class Group(click.Group):
     def resolve_command(self, ctx: click.Context, args: list[str]):
         name = args[0] if args else ""
         if name and not name.startswith("-") and name not in COMMANDS:
+            import difflib
+
             close = difflib.get_close_matches(name, COMMANDS, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]}?" if close else "see persist-cli --help"
             raise UsageError(f"no command {name!r}; {hint}")
@@ -159,8 +161,9 @@ def cli(ctx: click.Context, log_dir: str | None, config_path: str | None, as_jso
 
 def main() -> None:
     os.umask(0o077)  # what the CLI creates (index, exports, restored logs) is private unless the user says otherwise
-    if not {"-h", "--help", "--version"} & set(sys.argv[1:]):  # help needs no logging: it stays quick
-        setup_logs()
+    from persist.daemon.log import lazylog
+
+    lazylog.when_first_used(setup_logs)  # a command that logs nothing never loads structlog: it starts quicker
     cli()
 
 

@@ -18,10 +18,8 @@ from persist.cli.common import (
     style,
     with_log_dir,
 )
-from persist.daemon.log import lock, reader, render, restore, select
-from persist.daemon.log.fsutil import create_new
+from persist.daemon.log import reader, render, select
 from persist.daemon.log.select import matches
-from persist.daemon.log.store import repair_tail
 
 topic_option = click.option("--topic", help="Only topics starting with this prefix.")
 sender_option = click.option("--sender", help="Only records whose meta.sender is this.")
@@ -98,6 +96,8 @@ def export(cfg, log, fmt, since, until, topic, sender, thread, kind, system, as_
 
 def _create_private(output: str, perms: int):
     """``output`` created anew (never an existing file) with exactly ``perms``."""
+    from persist.daemon.log.fsutil import create_new
+
     try:
         fd = create_new(output, perms)
     except FileExistsError:
@@ -139,6 +139,8 @@ def verify_cmd(cfg, log, as_json) -> None:
 def recover(cfg, log, as_json) -> None:
     """Repair what a crash left and bring the search index up to date (what the daemon does at start)."""
     from persist.daemon import index
+    from persist.daemon.log import lock, restore  # here, not at the top: recent starts without them
+    from persist.daemon.log.store import repair_tail
 
     require_log(log)
     if lock.is_locked(log):

@@ -19,15 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import structlog
 
 from persist.daemon.log import lock
 from persist.daemon.log.agents import agents_dir, pid_alive
 from persist.daemon.log.fsutil import ensure_dir, read_private
 from persist.daemon.log.layout import LogDir
+from persist.daemon.log.lazylog import get_logger
 from persist.daemon.log.watch import watch
 
-log = structlog.get_logger("persist.daemon")
+log = get_logger("persist.daemon")
 
 
 @dataclass

@@ -17,10 +17,10 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import orjson
-import structlog
 
 from persist.daemon.config import EnrichSection
 from persist.daemon.log import envelope
+from persist.daemon.log.lazylog import get_logger
 from persist.daemon.log.record import Message
 
 Enricher = Callable[[Message], Mapping[str, Any] | None]
@@ -36,7 +36,7 @@ KIND_SYNONYMS = {
     "review": "critique", "feedback": "critique", "revise": "revision", "fix": "revision",
     "ping": "heartbeat", "keepalive": "heartbeat", "announce": "broadcast", "event": "broadcast",
 }  # fmt: skip
-log = structlog.get_logger("persist.enrich")
+log = get_logger("persist.enrich")
 
 
 def _first(payload: Any, names: tuple[str, ...]) -> Any:

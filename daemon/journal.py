@@ -21,12 +21,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-
 from persist.daemon.config import Config
 from persist.daemon.gaps import SenderSequences
 from persist.daemon.log import checkpoints, reader
 from persist.daemon.log.layout import LogDir, segment_name
+from persist.daemon.log.lazylog import get_logger
 from persist.daemon.log.record import Message, encode, frames_sha256, system_message
 from persist.daemon.log.store import DISK_FULL_ERRNOS, DiskFull, Repair, SegmentWriter, repair_tail
 from persist.daemon.log.times import epoch
@@ -34,7 +33,7 @@ from persist.daemon.redact import Redactor
 from persist.daemon.replay_marks import ReplayMarks
 from persist.daemon.spool import Reserve, Spool
 
-log = structlog.get_logger("persist.daemon")
+log = get_logger("persist.daemon")
 
 
 class Journal:

@@ -20,7 +20,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import structlog
 import zmq
 
 from persist.daemon import enrich, logs, memory, redact
@@ -35,6 +34,7 @@ from persist.daemon.index import indexer
 from persist.daemon.journal import Journal
 from persist.daemon.log import retention
 from persist.daemon.log.layout import LogDir
+from persist.daemon.log.lazylog import get_logger
 from persist.daemon.log.record import is_system, iso_utc
 from persist.daemon.sdnotify import Notifier
 from persist.daemon.signals import Signals
@@ -45,7 +45,7 @@ BATCH_BYTES = 8 << 20  # ... or fewer: a batch of big messages is bounded in byt
 RELEASE_AFTER_BYTES = 4 << 20  # a batch this large gives its memory back at once
 STOP_SECONDS = 4.0  # a stop records the backlog for daemon.stop_drain_s, counts the rest until this, then exits
 RETENTION_EVERY_S = 60.0  # how often storage.retention is applied (and at once after a rotation)
-log = structlog.get_logger("persist.daemon")
+log = get_logger("persist.daemon")
 
 
 class Recorder:

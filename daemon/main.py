@@ -12,7 +12,6 @@ import sys
 import traceback
 
 import click
-import structlog
 
 from persist.daemon import config, curve, logs, redact
 from persist.daemon.bus import BusError
@@ -20,13 +19,14 @@ from persist.daemon.control import ControlError
 from persist.daemon.log import lock, restore
 from persist.daemon.log.fsutil import NotOurs, write_atomically
 from persist.daemon.log.layout import LogDir
+from persist.daemon.log.lazylog import get_logger
 from persist.daemon.log.store import FsyncFailed
 from persist.daemon.loop import Recorder
 from persist.daemon.redact import apply as redact_apply
 from persist.daemon.redact.rules import RuleError
 
 LEVELS = ("debug", "info", "warning", "error")
-log = structlog.get_logger("persist.daemon")
+log = get_logger("persist.daemon")
 
 
 def fail(code: int, message: str) -> None:

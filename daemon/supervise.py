@@ -13,11 +13,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import structlog
-
 from persist.daemon.log.fsutil import open_private
+from persist.daemon.log.lazylog import get_logger
 
-log = structlog.get_logger("persist.daemon")
+log = get_logger("persist.daemon")
 
 
 class Child:

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import structlog
+from persist.daemon.log.lazylog import get_logger
 
-log = structlog.get_logger("persist.daemon")
+log = get_logger("persist.daemon")
 
 
 @dataclass

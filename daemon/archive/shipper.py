@@ -32,7 +32,6 @@ from pathlib import Path
 
 import click
 import psycopg
-import structlog
 
 from persist.daemon import archive, logs
 from persist.daemon.archive import state
@@ -41,6 +40,7 @@ from persist.daemon.index.indexer import die_with_parent
 from persist.daemon.log import reader
 from persist.daemon.log.entry import first_seq_of
 from persist.daemon.log.layout import LogDir
+from persist.daemon.log.lazylog import get_logger
 from persist.daemon.stopping import StopOnSignal
 
 BATCH = 2000
@@ -49,7 +49,7 @@ COMMIT_EVERY = 0.25
 POLL = 0.2
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 30.0
 NOTE_EVERY, NOTE_IDLE = 1.0, 30.0  # the state file: at most once a second while shipping, twice a minute idle
-log = structlog.get_logger("persist.archive")
+log = get_logger("persist.archive")
 
 
 def backoff(failures: int) -> float:

@@ -27,13 +27,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from persist.daemon.index.lock import give_back, indexer_pid, take_indexer_lock, try_indexer_lock  # noqa: F401 (API)
 from persist.daemon.index.search import entries, line_at  # noqa: F401 (API)
 from persist.daemon.log import envelope, reader, retention
 from persist.daemon.log.errors import SearchIndexError
 from persist.daemon.log.layout import LogDir
+from persist.daemon.log.lazylog import get_logger
 from persist.daemon.log.record import is_system
 from persist.daemon.log.render import payload_text
 
@@ -63,7 +62,7 @@ ADDED_COLUMNS = {  # columns an index made by an older persist lacks: (definitio
 INT64 = range(-(2**63), 2**63)
 STALE_SHARE = 0.25  # words of deleted records the FTS5 table may keep, as a share of its rows, before it is remade
 MAX_TEXT = 16 << 20  # characters of one record's text that are searchable (SQLite refuses a value over 1 GB)
-log = structlog.get_logger("persist.index")
+log = get_logger("persist.index")
 
 
 def index_dir(log: LogDir) -> Path:

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import click
-import structlog
 
 from persist.daemon import index, logs
 from persist.daemon.log.layout import LogDir
+from persist.daemon.log.lazylog import get_logger
 from persist.daemon.log.watch import watch
 from persist.daemon.stopping import StopOnSignal
 from persist.daemon.supervise import Child
@@ -31,7 +31,7 @@ from persist.daemon.supervise import Child
 COMMIT_EVERY = 0.25
 PR_SET_PDEATHSIG = 1
 BATCH = 2000
-log = structlog.get_logger("persist.indexer")
+log = get_logger("persist.indexer")
 
 
 def run(log_dir: LogDir, stop: StopOnSignal) -> None:

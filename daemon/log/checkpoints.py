@@ -25,16 +25,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
-import structlog
 
 from persist.daemon.log import lock, reader, retention
 from persist.daemon.log.errors import CheckpointError
 from persist.daemon.log.fsutil import ensure_dir, fsync_dir, open_reading, write_atomically
 from persist.daemon.log.layout import LogDir
+from persist.daemon.log.lazylog import get_logger
 from persist.daemon.log.record import iso_utc
 
 READ = 4 << 20
-log_ = structlog.get_logger("persist.checkpoints")
+log_ = get_logger("persist.checkpoints")
 
 
 @dataclass

@@ -24,18 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import structlog
 
 from persist.daemon.log import checkpoints, lock, reader, render, restart, retention, select
 from persist.daemon.log.errors import RestoreError
 from persist.daemon.log.fsutil import DIR_MODE, create_new, ensure_dir, fsync_dir, write_all, write_atomically
 from persist.daemon.log.layout import ACTIVE, LogDir
+from persist.daemon.log.lazylog import get_logger
 from persist.daemon.log.record import encode, is_system, system_message
 from persist.daemon.log.store import SegmentWriter, repair_tail
 
 Progress = Callable[[int], None]
 INTENT = "restore.intent"
-log_ = structlog.get_logger("persist.restore")
+log_ = get_logger("persist.restore")
 
 
 def check_unchanged(log: LogDir, manifest: dict[str, Any]) -> dict[str, Path]:
