@@ -12,17 +12,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import structlog
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from persist.daemon import curve
 from persist.daemon.config import CurveSection, DaemonSection
+from persist.daemon.log.lazylog import get_logger
 from persist.daemon.log.record import iso_utc
 
 NOBLOCK = int(zmq.NOBLOCK)
 MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | curve.HANDSHAKE_FAILED
-log = structlog.get_logger("persist.daemon")
+log = get_logger("persist.daemon")
 
 
 class BusError(RuntimeError):

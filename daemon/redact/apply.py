@@ -46,12 +46,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import structlog
 
 from persist.daemon.log import checkpoints, lock, reader, restart
 from persist.daemon.log.entry import Segment, entry
 from persist.daemon.log.fsutil import create_new, fsync_dir, write_all, write_atomically
 from persist.daemon.log.layout import LogDir
+from persist.daemon.log.lazylog import get_logger
 from persist.daemon.log.record import Message, decode_frames, encode, is_system, system_message
 from persist.daemon.log.store import SegmentWriter, repair_tail
 from persist.daemon.redact import Redactor
@@ -59,7 +59,7 @@ from persist.daemon.redact import Redactor
 INTENT = "redact.intent"
 NEW, OLD = ".redact-new", ".redact-old"
 CHUNK = 1 << 20
-log_ = structlog.get_logger("persist.redact")
+log_ = get_logger("persist.redact")
 
 
 class RedactApplyError(RuntimeError):
