@@ -247,3 +247,19 @@ def test_help_lists_each_commands_own_line_without_importing_any_command():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert "Commands:" in out and "redact" in out and "web" in out
     assert out.splitlines()[-1] == "[] False True", out  # click, the errors and a lazy logger: no command
+
+
+def test_loggers_load_structlog_on_their_first_line_set_up_as_the_cli_asked():
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom persist.daemon.log import lazylog\nlog = lazylog.get_logger('t')\n"
+             "assert 'structlog' not in sys.modules\n"
+             "def setup():\n    from persist.daemon import logs\n    logs.setup('json', 'warning', sys.stderr)\n"
+             "lazylog.when_first_used(setup)\nassert 'structlog' not in sys.modules\n"
+             "log.warning('first_line', n=1)\nlog.info('below_the_level')\nlog.warning('second_line')\n")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""  # never on stdout, where --json results go
+    events = [json.loads(line)["event"] for line in r.stderr.splitlines()]
+    assert events == ["first_line", "second_line"]
