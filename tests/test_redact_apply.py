@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import threading
 import time
 
@@ -19,6 +20,7 @@ from persist.daemon.log.layout import LogDir
 from persist.daemon.log.record import decode_frames, is_exact, is_system
 from persist.daemon.redact import Redactor, apply
 from persist.daemon.redact.rules import builtin
+from procs import process_gone, run, wait_for
 
 GH = "ghp_" + "Zq7Lm2Nx8Rt4Vb6Yc1Wd3Hf5Jk9Ps0Ta2Ue4"
 AWS = "AKIA" + "QX7ZL2MN4RT6VB3Y"
@@ -216,3 +218,29 @@ def test_destroy_overwrites_the_bytes_before_it_unlinks(tmp_path):
     os.link(path, witness)  # another name for the same blocks
     apply.destroy(path)
     assert not path.exists() and witness.read_bytes() == bytes(7000)
+
+
+def test_stop_daemon_redacts_what_a_running_daemon_recorded_and_starts_it_again(recorder, log_dir):
+    daemon, pub = recorder()
+    pub.send(b"agent.chat", orjson.dumps({"sender": "planner", "text": f"my token is {GH}"}))
+    daemon.wait_records(1)
+    refused = run("persist-cli", "redact", "apply", "--since", "1h", "--log-dir", str(log_dir))
+    assert refused.returncode == 1 and "--stop-daemon" in refused.stderr
+    ran = run("persist-cli", "redact", "apply", "--since", "1h", "--stop-daemon", "--log-dir", str(log_dir), "--json",
+              timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    result = orjson.loads(ran.stdout)
+    pid = result["restarted_pid"]
+    try:
+        assert result["records"] == 1 and result["stopped_pid"] == daemon.proc.pid
+        assert daemon.proc.wait(5) == 0, "stopped cleanly"
+        assert secret_free(log_dir) == []
+        pub.send(b"agent.chat", b'{"sender":"planner","text":"after the redaction"}')
+        wait_for(lambda: any(e.rec["topic"] == "agent.chat" and e.rec["payload"]["text"] == "after the redaction"
+                             for e in reader.records(LogDir(log_dir))), what="the restarted daemon recording")
+        assert cli(log_dir, "verify").returncode == 0
+        topics = [e.rec["topic"] for e in reader.records(LogDir(log_dir))]
+        assert topics.index("$persist/redact") < topics.index("$persist/start", topics.index("$persist/stop"))
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: process_gone(pid), what="the restarted daemon to stop")

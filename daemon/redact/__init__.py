@@ -8,8 +8,11 @@ of at least ``TOKEN`` token characters, or holds ``@`` (a password in a URL)
 or ``~`` (an Azure client secret), so one ``bytes.translate`` and two
 substring searches clear a message with none. Rules from the config or a
 gitleaks file are gated by their own keywords (one substring search each, on
-the lowercased frame), as gitleaks does. Only a frame past the gate is
-decoded and searched rule by rule (each rule's keywords, then its regex).
+the lowercased frame), as gitleaks does. A message past the gate (a uuid, a
+path or a hash gets there too) is shortlisted once: only the rules whose
+keywords appear in it, lowercased, go on (``rules_for``). Only then is a
+frame decoded and searched string by string, rule by rule (each rule's
+keywords in that string, then its regex).
 
 What is replaced, and how a record stays a record:
 
@@ -128,6 +131,8 @@ class Redactor:
         self.keyed = [r for r in rules if not r.gate and r.keywords]  # gated by their own keywords
         self.always = any(not r.gate and not r.keywords for r in rules)  # a rule with neither runs on every frame
         self.keywords = tuple({k.encode() for r in self.keyed for k in r.keywords})
+        self.only_gated = not self.always and not self.keyed  # then a short string without @ or ~ holds none
+        self._keyed_bytes = [(r, tuple(k.encode() for k in r.keywords)) for r in rules]
 
     # --- the gate ----------------------------------------------------------------
 
@@ -153,7 +158,24 @@ class Redactor:
         """``msg`` with its secrets replaced and what was replaced; None when nothing was."""
         frames = msg.frames
         look = self.worth_a_look
-        if not any(look(f) for f in frames):
+        if self.only_gated:  # the built-ins alone: the gate inlined, as this is every message's cost
+            for f in frames:
+                if len(f) >= TOKEN:
+                    shape = f.translate(_GATE)
+                    if _RUN in shape or b"y" in shape:
+                        break
+                elif b"@" in f or b"~" in f:
+                    break
+            else:
+                return None
+        else:
+            for f in frames:
+                if look(f):
+                    break
+            else:
+                return None
+        rules = self.rules_for(frames)
+        if not rules:
             return None
         notes: list[dict[str, Any]] = []
         out = list(frames)
@@ -164,7 +186,7 @@ class Redactor:
             where = "topic" if i < payload_at else "payload" if i == payload_at else f"extra[{i - payload_at - 1}]"
             value = msg.value if i == payload_at else NOT_JSON
             try:
-                out[i] = self.frame(frame, where, notes, value)
+                out[i] = self.frame(frame, where, notes, value, rules)
             except Exception as exc:  # a frame that cannot be searched is kept and noted, never dropped
                 notes.append({"rule": None, "at": where, "error": repr(exc)[:200]})
         if not notes:
@@ -173,7 +195,24 @@ class Redactor:
             notes = notes[:MAX_NOTES] + [{"more": len(notes) - MAX_NOTES}]
         return Found(Message.from_frames(out, msg.received_ns), notes)
 
-    def frame(self, data: bytes, where: str, notes: list[dict[str, Any]], value: Any = NOT_JSON) -> bytes:
+    def rules_for(self, frames: list[bytes]) -> list[Rule]:
+        """The rules that may find something in ``frames``: those whose keywords appear (lowercased) in one of
+        them, and those without keywords. One pass over the message, so a frame past the gate for a harmless
+        reason (a uuid, a path, a hash) costs the keyword checks once, not once per string per rule."""
+        lower = b"\x00".join(frames).lower()
+        found = []
+        for rule, keywords in self._keyed_bytes:
+            if not keywords:
+                found.append(rule)
+                continue
+            for k in keywords:
+                if k in lower:
+                    found.append(rule)
+                    break
+        return found
+
+    def frame(self, data: bytes, where: str, notes: list[dict[str, Any]], value: Any = NOT_JSON,
+              rules: list[Rule] | None = None) -> bytes:
         """``data`` with its secrets replaced (JSON as JSON, text as text, other bytes byte for byte)."""
         if value is NOT_JSON and data[:1] in (b"{", b"[", b'"') and where != "topic":
             try:
@@ -182,7 +221,7 @@ class Redactor:
                 value = NOT_JSON
         if value is not NOT_JSON and value is not TOO_DEEP_JSON:
             found: list[dict[str, Any]] = []
-            new = self._json(value, where, found, None)
+            new = self._json(value, where, found, None, rules)
             if found:
                 try:
                     encoded = orjson.dumps(new)
@@ -195,30 +234,32 @@ class Redactor:
             text, encoding = data.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
             text, encoding = data.decode("latin-1"), "latin-1"
-        new_text = self.text(text, where, notes)
+        new_text = self.text(text, where, notes, None, rules)
         return data if new_text is text else new_text.encode(encoding)
 
     def json_value(self, value: Any, where: str, notes: list[dict[str, Any]]) -> Any:
         """A decoded JSON ``value`` with the secrets in its strings replaced (``where``: how notes name it)."""
         return self._json(value, where, notes, None)
 
-    def _json(self, value: Any, where: str, notes: list[dict[str, Any]], key: str | None) -> Any:
+    def _json(self, value: Any, where: str, notes: list[dict[str, Any]], key: str | None,
+              rules: list[Rule] | None = None) -> Any:
         kind = type(value)
         if kind is str:
-            return self.text(value, where, notes, key)
+            return self.text(value, where, notes, key, rules)
         if kind is dict:
-            return {k: self._json(v, f"{where}.{k}", notes, k) for k, v in value.items()}
+            return {k: self._json(v, f"{where}.{k}", notes, k, rules) for k, v in value.items()}
         if kind is list:
-            return [self._json(v, f"{where}[{i}]", notes, None) for i, v in enumerate(value)]
+            return [self._json(v, f"{where}[{i}]", notes, None, rules) for i, v in enumerate(value)]
         return value
 
-    def text(self, text: str, where: str, notes: list[dict[str, Any]], key: str | None = None) -> str:
+    def text(self, text: str, where: str, notes: list[dict[str, Any]], key: str | None = None,
+             rules: list[Rule] | None = None) -> str:
         """``text`` with each secret replaced by its marker; the same object when nothing was found.
 
         ``key``: the JSON key the text is the value of, seen before it (``"key": "text"``) by rules
         that recognise a secret by its name.
         """
-        merged = self.find(text, key)
+        merged = self.find(text, key, rules)
         if not merged:
             return text
         parts, at = [], 0
@@ -229,18 +270,24 @@ class Redactor:
         parts.append(text[at:])
         return "".join(parts)
 
-    def find(self, text: str, key: str | None = None) -> list[list[Any]]:
+    def find(self, text: str, key: str | None = None, rules: list[Rule] | None = None) -> list[list[Any]]:
         """``[start, end, rule id]`` of each secret in ``text``, in order, overlapping finds merged (named by the
-        first rule that found it). ``key``: as in ``text``."""
+        first rule that found it). ``key``: as in ``text``; ``rules``: a shortlist (``rules_for``), else all."""
+        if self.only_gated and len(text) < TOKEN and "@" not in text and "~" not in text:
+            return []  # most strings of a JSON message: no built-in secret fits in them
         prefix = f'"{key}": "' if key is not None else ""
         context = f"{prefix}{text}\"" if prefix else text
         if not self.worth_a_look(context.encode("utf-8", "surrogatepass")):
             return []
         lower = context.lower()
         spans: list[tuple[int, int, int, str]] = []
-        for order, rule in enumerate(self.rules):
-            if rule.keywords and not any(k in lower for k in rule.keywords):
-                continue
+        for order, rule in enumerate(self.rules if rules is None else rules):
+            if rule.keywords:
+                for k in rule.keywords:  # a loop, not any(generator): it runs per rule per string
+                    if k in lower:
+                        break
+                else:
+                    continue
             for start, end in rule.secrets(context):
                 start, end = max(start, len(prefix)) - len(prefix), min(end, len(prefix) + len(text)) - len(prefix)
                 if start < end and not self._allowed(text, start, end):
