@@ -45,7 +45,7 @@ from persist.daemon.log.record import Message, encode
 OBSERVE = """
 window.__seen = [];
 new MutationObserver(ms => { const now = performance.timeOrigin + performance.now();
-  for (const m of ms) for (const n of m.addedNodes) if (n.nodeType === 1) for (const r of (n.matches('tr.rec') ? [n] : n.querySelectorAll('tr.rec')))
+  for (const m of ms) for (const n of m.addedNodes) if (n.nodeType === 1) for (const r of (n.matches('.rec[data-seq]') ? [n] : n.querySelectorAll('.rec[data-seq]')))
     window.__seen.push([r.textContent, now]); }).observe(document.getElementById('rows'), {childList: true, subtree: true});
 """
 LOADED = "performance.getEntriesByType('navigation')[0].loadEventEnd"

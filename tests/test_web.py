@@ -67,7 +67,7 @@ def test_pages_show_what_the_cli_shows(built, server):
 
     recent = [json.loads(x)["seq"] for x in cli(built.root, "recent", "-n", "100", "--reverse", "--json").stdout.splitlines()]
     status, page = server.get("/")
-    assert seqs(page, r'<tr id="m(\d+)"') == recent
+    assert seqs(page, r'<div id="m(\d+)" class="rec') == recent
 
     status, page = server.get("/search?q=backoff&since=yesterday-ish")
     assert "since &#39;yesterday-ish&#39; is not a time" in page, "a bad --since is one line, as the CLI says it"
@@ -109,7 +109,7 @@ def test_agents_timeline_and_checkpoint_pages(built, server):
     assert edges == {("planner", "claude_code"): 10, ("claude_code", "planner"): 15, ("gemini_cli", ""): 5,
                      ("planner", "gemini_cli"): 1}
     status, page = server.get("/agents/edge?sender=planner&recipient=claude_code")
-    assert len(seqs(page, r'<tr id="m(\d+)"')) == 10
+    assert len(seqs(page, r'<div id="m(\d+)" class="rec')) == 10
     status, page = server.get("/timeline")
     assert status == 200 and "halfway" in page and "seg-0000000000000032.jsonl begins" in page
     status, page = server.get("/checkpoint/halfway")

@@ -132,16 +132,16 @@ def test_a_published_message_appears_in_the_live_view_within_a_second(stage):
     word = f"live-{uuid.uuid4().hex[:8]}"
     start = time.monotonic()
     stage.say("claude_code", f"tests pass: {word}", "planner", "fix-retry-42", "response")
-    page.locator("#rows tr.rec", has_text=word).wait_for(timeout=5000)
+    page.locator("#rows .rec[data-seq]", has_text=word).wait_for(timeout=5000)
     assert time.monotonic() - start < 1.0, f"shown after {time.monotonic() - start:.3f} s"
     shot(page, "live")
     page.fill("input[name=sender]", "filter-bob")  # a filter keeps streaming, and only what it lets through
     page.wait_for_function("window.__sseOpen >= 2", timeout=5000)
     stage.say("filter-alice", f"not shown {word}")
     stage.say("filter-bob", f"shown {word}")
-    page.locator("#rows tr.rec", has_text=f"shown {word}").wait_for(timeout=5000)
-    assert page.locator("#rows tr.rec", has_text="not shown").count() == 0
-    assert page.locator("#rows tr.rec").count() == 1
+    page.locator("#rows .rec[data-seq]", has_text=f"shown {word}").wait_for(timeout=5000)
+    assert page.locator("#rows .rec[data-seq]", has_text="not shown").count() == 0
+    assert page.locator("#rows .rec[data-seq]").count() == 1
     page.context.close()
 
 
@@ -154,17 +154,17 @@ def test_pause_stops_the_live_view_and_resume_catches_up_with_nothing_missing(st
         stage.say("planner", f"paused-{tag} {i}")
     stage.recorded(f"paused-{tag}", 30)
     page.wait_for_timeout(600)
-    assert page.locator("#rows tr.rec", has_text=f"paused-{tag}").count() == 0, "paused: nothing new shown"
+    assert page.locator("#rows .rec[data-seq]", has_text=f"paused-{tag}").count() == 0, "paused: nothing new shown"
     page.click("#resume")
-    page.wait_for_function(f"[...document.querySelectorAll('#rows tr.rec')].filter(r => r.innerText.includes('paused-{tag}'))"
+    page.wait_for_function(f"[...document.querySelectorAll('#rows .rec[data-seq]')].filter(r => r.innerText.includes('paused-{tag}'))"
                            ".length >= 30", timeout=5000)
     page.wait_for_timeout(300)
-    rows = page.eval_on_selector_all("#rows tr.rec", "rs => rs.map(r => [Number(r.dataset.seq), r.innerText])")
+    rows = page.eval_on_selector_all("#rows .rec[data-seq]", "rs => rs.map(r => [Number(r.dataset.seq), r.innerText])")
     mine = [(seq, int(re.search(rf"paused-{tag} (\d+)", text).group(1))) for seq, text in rows if f"paused-{tag}" in text]
     assert [i for _, i in mine] == list(range(29, -1, -1)), "all 30, newest first, none twice"
     assert [s for s, _ in mine] == list(range(mine[0][0], mine[0][0] - 30, -1))
     stage.say("planner", f"after-resume-{tag}")  # and it is live again
-    page.locator("#rows tr.rec", has_text=f"after-resume-{tag}").wait_for(timeout=5000)
+    page.locator("#rows .rec[data-seq]", has_text=f"after-resume-{tag}").wait_for(timeout=5000)
     page.context.close()
 
 
@@ -243,7 +243,7 @@ def test_the_graph_shows_the_edges_that_were_published(stage):
     shot(page, "agents")
     page.locator(f'svg.graph a.edge[data-sender="{alpha}"] text.edge-count').click()
     page.wait_for_url(re.compile(r"/agents/edge\?"))
-    assert page.locator("#rows tr.rec").count() == 3
+    assert page.locator("#rows .rec[data-seq]").count() == 3
     page.context.close()
 
 
@@ -255,7 +255,7 @@ def test_a_binary_payload_shows_as_hex_with_its_checksum_checked(stage):
     row = page.locator(f"#m{record.seq}")
     row.wait_for(timeout=5000)
     assert "bytes of binary" in row.inner_text()
-    row.locator("td.seq a").click()
+    row.locator(".seq a").click()
     page.wait_for_url(re.compile(rf"/message/{record.seq}$"))
     hexed = page.locator('.frame[data-as="hex"] pre').inner_text()
     assert hexed.startswith("00000000  00 ff 10 80 70 65 72 73 69 73 74 f0 f1 f2 f3 f4  ....persist.....")
@@ -275,7 +275,7 @@ def test_a_bad_token_is_refused(stage):
         page.wait_for_function("window.__sseOpen >= 1", timeout=5000)  # the event stream passes with the cookie
         word = f"tokened-{uuid.uuid4().hex[:8]}"
         stage.say("planner", word)
-        page.locator("#rows tr.rec", has_text=word).wait_for(timeout=5000)
+        page.locator("#rows .rec[data-seq]", has_text=word).wait_for(timeout=5000)
         assert page.goto(web.origin + "/threads").status == 200
         page.context.close()
     finally:

@@ -51,9 +51,9 @@ def routes(viewer) -> list[Route]:
     log = viewer.source.log
 
     def event(entries: list[Entry]) -> str:
-        """One SSE event for the records of one read: a ``<tbody>`` of their rows (newest first, as the table shows
-        them) that goes in above the rows shown, one element for the page to take in however many records came."""
-        html = "<tbody>" + "".join(row_template.render(r=show.row(e)) for e in reversed(entries)) + "</tbody>" + (
+        """One SSE event for the records of one read: their rows (newest first, as the list shows them) in one
+        ``chunk`` that goes in above the rows shown, one element for the page to take in however many came."""
+        html = '<div class="chunk">' + "".join(row_template.render(r=show.row(e)) for e in reversed(entries)) + "</div>" + (
             f'<input type="hidden" id="last-seq" name="after" value="{entries[-1].seq}" hx-swap-oob="true">')
         return "event: record\nid: %d\n%s\n\n" % (entries[-1].seq, "\n".join("data: " + x for x in html.splitlines()))
 

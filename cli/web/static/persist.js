@@ -1,18 +1,23 @@
-/* persist web: the little the page does itself (everything else is htmx): keep the live table to a
+/* persist web: the little the page does itself (everything else is htmx): swap live rows in cheaply, keep the live list to a
    bounded length, copy a conversation as a prompt, and show where a thread was opened. */
 (function () {
-  var MAX_ROWS = 300;  // the live table stays short: each new row costs a layout of every row shown
+  // The live list's swap: a chunk of new rows goes in under the header as it is. The rows hold only plain
+  // links, so htmx's own processing of each new element (a third of a millisecond a row here) is skipped.
+  htmx.defineExtension("prepend-rows", {
+    handleSwap: function (style, target, fragment) {
+      if (style !== "prepend-rows") return false;
+      target.after(fragment);
+      return true;
+    }
+  });
+  var MAX_ROWS = 300;  // rows kept in the live list (older ones are a search or a thread away)
   document.body.addEventListener("htmx:sseMessage", function () {
-    var table = document.getElementById("rows");  // a <tbody> per event, newest on top
-    if (!table) return;
+    var list = document.getElementById("rows");  // a chunk of rows per event, newest on top
+    if (!list) return;
     var empty = document.getElementById("no-rows");
     if (empty) empty.remove();
-    var extra = table.querySelectorAll("tbody tr").length - MAX_ROWS;
-    while (extra > 0 && table.tBodies.length) {
-      var last = table.tBodies[table.tBodies.length - 1];
-      if (last.rows.length <= extra) { extra -= last.rows.length; last.remove(); }
-      else { while (extra-- > 0) last.lastElementChild.remove(); }
-    }
+    var shown = list.querySelectorAll(".rec[data-seq]");
+    for (var i = MAX_ROWS; i < shown.length; i++) shown[i].remove();
   });
   document.body.addEventListener("htmx:afterSwap", function (ev) {
     if (ev.target.id !== "prompt-out") return;
