@@ -11,7 +11,6 @@ import re
 import time
 
 import pytest
-
 from libdir import Built, cli
 from webproc import WebServer
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import pytest
 import zmq
+from procs import Broker, Daemon, Publisher, eventually, heavy, short_tmpdir, wait_for
+from webproc import SCREENSHOTS, WebServer, chromium_or_fail, launch
 
 from persist.daemon.control import ask
 from persist.daemon.log import agents
-from procs import Broker, Daemon, Publisher, eventually, heavy, short_tmpdir, wait_for
-from webproc import SCREENSHOTS, WebServer, chromium_or_fail, launch
 
 pytestmark = heavy  # timed against a live daemon: never beside another CPU-heavy test
 VIEW = {"width": 1360, "height": 860}

@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from procs import BIN, die_with_test
 
 CHROMIUM = os.environ.get("PERSIST_CHROMIUM", "/usr/bin/chromium")
