@@ -221,3 +221,27 @@ def test_a_records_sender_and_thread_are_listed_once_and_still_found(tmp_path):
     assert [h["seq"] for h in search(db, "zedagent", Filters(), 5)] == [1]  # found in the sender's column
     assert [h["seq"] for h in search(db, "quokka", Filters(), 5)] == [1]
     db.close()
+
+
+def test_rows_made_ahead_on_a_thread_come_in_order_and_bring_their_error_back():
+    import threading
+
+    assert list(index.ahead(iter(range(1000)))) == list(range(1000))
+
+    def failing():
+        yield 1
+        raise OSError("the disk went away")
+
+    got = []
+    with pytest.raises(OSError, match="went away"):
+        for x in index.ahead(failing()):
+            got.append(x)
+    assert got == [1]
+    before = threading.active_count()
+    for x in index.ahead(iter(range(10**9))):  # the caller stops early: the thread making them ends too
+        if x == 5:
+            break
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before

@@ -21,11 +21,13 @@ reading hits back from the JSONL; ``lock`` who may write the index;
 from __future__ import annotations
 
 import os
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from persist.daemon.index.lock import give_back, indexer_pid, take_indexer_lock, try_indexer_lock  # noqa: F401 (API)
 from persist.daemon.index.search import entries, line_at  # noqa: F401 (API)
@@ -60,6 +62,7 @@ ADDED_COLUMNS = {  # columns an index made by an older persist lacks: (definitio
     "own": ("INTEGER NOT NULL DEFAULT 0", "UPDATE records SET own = 1 WHERE topic LIKE '$persist/%'"),
 }
 INT64 = range(-(2**63), 2**63)
+T = TypeVar("T")
 STALE_SHARE = 0.25  # words of deleted records the FTS5 table may keep, as a share of its rows, before it is remade
 MAX_TEXT = 16 << 20  # characters of one record's text that are searchable (SQLite refuses a value over 1 GB)
 log = get_logger("persist.index")
@@ -248,11 +251,22 @@ def _indexable(rec: dict[str, Any], line: bytes | None, segment: str, offset: in
         return row, (rec["seq"], "", "", None, None, "", None, None, None)
 
 
-def add(db: sqlite3.Connection, batch: list[tuple[dict[str, Any], str, int, bytes]]) -> None:
+Item = tuple[dict[str, Any], str, int, bytes]  # (record, segment, end offset, line)
+
+
+def add(db: sqlite3.Connection, batch: list[Item]) -> None:
     """Index ``(record, segment, end offset, line)`` items and move the resume point past them, atomically."""
-    if not batch:
-        return
-    pairs = [_indexable(rec, line, seg, off) for rec, seg, off, line in batch]
+    if batch:
+        write(db, rows_of(batch), batch[-1])
+
+
+def rows_of(batch: list[Item]) -> list[tuple[tuple, tuple]]:
+    """Each item's row and its words' row (``_indexable``)."""
+    return [_indexable(rec, line, seg, off) for rec, seg, off, line in batch]
+
+
+def write(db: sqlite3.Connection, pairs: list[tuple[tuple, tuple]], last: Item) -> None:
+    """Write the rows of ``rows_of`` and move the resume point past ``last``, in one transaction."""
     db.execute("BEGIN IMMEDIATE")
     try:
         # a row indexed already loses its words first, read back from where it lies (FTS5 keeps no copy of them)
@@ -263,7 +277,7 @@ def add(db: sqlite3.Connection, batch: list[tuple[dict[str, Any], str, int, byte
         db.executemany(
             "INSERT INTO fts(rowid, text, fields, sender, recipient, topic, thread_id, kind, tags) "
             "VALUES (?,?,?,?,?,?,?,?,?)", [fts for _, fts in pairs])
-        rec, seg, off, _ = batch[-1]
+        rec, seg, off, _ = last
         db.executemany("INSERT OR REPLACE INTO state VALUES (?, ?)",
                        [("last_seq", rec["seq"]), ("segment", seg), ("offset", off)])
         db.execute("COMMIT")
@@ -277,9 +291,13 @@ def position(db: sqlite3.Connection) -> tuple[int, str | None, int]:
     return int(state.get("last_seq", 0)), state.get("segment"), int(state.get("offset", 0))
 
 
-def pending(log: LogDir, db: sqlite3.Connection) -> Iterator[tuple[dict[str, Any], str, int, bytes]]:
-    """Records written since the index's resume point: ``(record, segment, end offset, line)``."""
-    last_seq, seg, offset = position(db)
+def pending(log: LogDir, db: sqlite3.Connection) -> Iterator[Item]:
+    """Records written since the index's resume point: ``(record, segment, end offset, line)``. The resume point
+    is read now: what is returned may be read on another thread (``ahead``)."""
+    return _after(log, *position(db))
+
+
+def _after(log: LogDir, last_seq: int, seg: str | None, offset: int) -> Iterator[Item]:
     for line in reader.lines(log, (seg, offset), after_seq=last_seq):
         e = reader.entry(line.data, line.path)
         if e is not None and e.seq > last_seq:
@@ -290,21 +308,63 @@ def catch_up(log: LogDir, db: sqlite3.Connection, progress: Callable[[str, int],
              batch_size: int = 5000) -> int:
     """Index everything written since the index's resume point; returns how many records were added.
 
+    The log is read and each batch's rows made on a second thread while SQLite writes the one before
+    (SQLite lets go of the interpreter while it works), so a rebuild keeps two cores busy.
     ``progress(segment, offset)`` is called after each committed batch.
     """
     forget_deleted(log, db)
-    batch: list = []
     count = 0
-    for item in pending(log, db):
+    for pairs, last in ahead(_batches(pending(log, db), batch_size)):
+        write(db, pairs, last)
+        count += len(pairs)
+        if progress:
+            progress(last[1], last[2])
+    return count
+
+
+def _batches(items: Iterator[Item], size: int) -> Iterator[tuple[list[tuple[tuple, tuple]], Item]]:
+    batch: list[Item] = []
+    for item in items:
         batch.append(item)
-        if len(batch) >= batch_size:
-            add(db, batch)
-            count += len(batch)
+        if len(batch) >= size:
+            yield rows_of(batch), batch[-1]
             batch = []
-            if progress:
-                progress(item[1], item[2])
-    add(db, batch)
-    return count + len(batch)
+    if batch:
+        yield rows_of(batch), batch[-1]
+
+
+def ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """``items``, made on a thread of their own up to ``depth`` ahead of the caller; its exception is raised here.
+    The thread ends when the caller stops early."""
+    q: queue.Queue = queue.Queue(depth)
+    done = threading.Event()
+
+    def make() -> None:
+        try:
+            for item in items:
+                while not done.is_set():
+                    try:
+                        q.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if done.is_set():
+                    return
+            q.put((False, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            q.put((False, exc))
+
+    threading.Thread(target=make, name="persist-index-rows", daemon=True).start()
+    try:
+        while True:
+            more, item = q.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        done.set()
 
 
 def forget_deleted(log: LogDir, db: sqlite3.Connection) -> int:
