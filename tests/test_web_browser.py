@@ -156,10 +156,10 @@ def test_pause_stops_the_live_view_and_resume_catches_up_with_nothing_missing(st
     page.wait_for_timeout(600)
     assert page.locator("#rows .rec[data-seq]", has_text=f"paused-{tag}").count() == 0, "paused: nothing new shown"
     page.click("#resume")
-    page.wait_for_function(f"[...document.querySelectorAll('#rows .rec[data-seq]')].filter(r => r.innerText.includes('paused-{tag}'))"
+    page.wait_for_function(f"[...document.querySelectorAll('#rows .rec[data-seq]')].filter(r => r.textContent.includes('paused-{tag}'))"
                            ".length >= 30", timeout=5000)
     page.wait_for_timeout(300)
-    rows = page.eval_on_selector_all("#rows .rec[data-seq]", "rs => rs.map(r => [Number(r.dataset.seq), r.innerText])")
+    rows = page.eval_on_selector_all("#rows .rec[data-seq]", "rs => rs.map(r => [Number(r.dataset.seq), r.textContent])")
     mine = [(seq, int(re.search(rf"paused-{tag} (\d+)", text).group(1))) for seq, text in rows if f"paused-{tag}" in text]
     assert [i for _, i in mine] == list(range(29, -1, -1)), "all 30, newest first, none twice"
     assert [s for s, _ in mine] == list(range(mine[0][0], mine[0][0] - 30, -1))
@@ -254,7 +254,7 @@ def test_a_binary_payload_shows_as_hex_with_its_checksum_checked(stage):
     record = stage.recorded("bin.frame")[0]
     row = page.locator(f"#m{record.seq}")
     row.wait_for(timeout=5000)
-    assert "bytes of binary" in row.inner_text()
+    assert "bytes of binary" in row.text_content()
     row.locator(".seq a").click()
     page.wait_for_url(re.compile(rf"/message/{record.seq}$"))
     hexed = page.locator('.frame[data-as="hex"] pre').inner_text()

@@ -1,5 +1,5 @@
 """Agents: who talks to whom (an SVG graph, an arrow per sender → recipient with its count; an arrow
-opens those messages), each agent's messages and rate over the last hour, and the agents that joined and
+opens those messages), each agent's messages and its rate over the last two minutes (counted by ``tail``), and the agents that joined and
 left (the daemon's ``$persist/agent`` records) on a time axis.
 
 Counts come from the index (``Source.edges``, counted incrementally); messages are read from the JSONL.
@@ -27,9 +27,8 @@ def routes(viewer) -> list[Route]:
         counted = source.edges()
         edges = [svg.Edge(s, r, n, "/agents/edge?" + urlencode({"sender": s, "recipient": EVERYONE if r is None else r}))
                  for (s, r), n in counted.items()]
-        since = times.parse_when("1h")
+        recent = viewer.tail.sender_rates()
         with source.index(wait=0.5) as db:
-            recent = source.rates(db, since)
             presence = source.entries(source.system_rows(db, ("$persist/agent",)))
         sent: dict[str, int] = {}
         received: dict[str, int] = {}
@@ -38,7 +37,7 @@ def routes(viewer) -> list[Route]:
             if r is not None:
                 received[r] = received.get(r, 0) + n
         agents = [{"name": a, "colour": show.colour(a), "sent": sent.get(a, 0), "received": received.get(a, 0),
-                   "last_hour": recent.get(a, 0), "per_min": recent.get(a, 0) / 60}
+                   "per_min": recent.get(a, 0.0)}
                   for a in sorted(set(sent) | set(received), key=lambda a: -sent.get(a, 0))]
         marks, changes = [], []
         for e in presence:

@@ -8,6 +8,7 @@ and the ``guard`` in front of all of them.
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,14 @@ class Viewer:
                                                status_code=status)
 
 
+def warm(source: Source) -> None:
+    """Count what the threads and agents pages need before anyone asks (a log without an index yet is skipped)."""
+    try:
+        source.warm()
+    except SearchIndexError:
+        pass
+
+
 def number(text: str | None, default: int, low: int = 0, high: int = 1 << 62) -> int:
     """A whole-number query parameter, kept within ``low``..``high``; ``default`` when missing or not a number."""
     try:
@@ -64,6 +73,7 @@ def create(log: LogDir, token: str | None = None, hosts: set[str] | None = None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        threading.Thread(target=warm, args=(viewer.source,), name="persist-web-warm", daemon=True).start()
         yield
         viewer.tail.stop()
 

@@ -28,11 +28,14 @@ SYSTEM_EVENTS = ("$persist/gap", "$persist/restore", "$persist/retention", "$per
 
 @dataclass
 class Source:
-    """One log dir, read-only; ``edges`` are counted incrementally (only rows indexed since the last count)."""
+    """One log dir, read-only; ``edges`` and ``threads`` are counted incrementally (only rows indexed since the
+    last count)."""
 
     log: LogDir
     _edges: Counter = field(default_factory=Counter)
     _edges_upto: int = 0
+    _threads: dict[str, list] = field(default_factory=dict)  # thread → [first, last, turns, senders, newest seq]
+    _threads_upto: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @contextlib.contextmanager
@@ -100,11 +103,6 @@ class Source:
         return db.execute(f"SELECT segment, offset FROM records WHERE sender = ? AND {to} AND own = 0 "
                           "AND replay_of IS NULL ORDER BY seq DESC LIMIT ?", (*args, limit)).fetchall()
 
-    def rates(self, db: sqlite3.Connection, since: str) -> dict[str, int]:
-        """Messages per sender recorded since ``since`` (ISO UTC)."""
-        return dict(db.execute("SELECT sender, count(*) FROM records WHERE received_at >= ? AND sender IS NOT NULL "
-                               "AND own = 0 GROUP BY sender", (since,)).fetchall())
-
     def upto_rows(self, db: sqlite3.Connection, last_seq: int, limit: int) -> list[tuple[str, int]]:
         """The newest ``limit`` agents' records (no ``$persist/`` ones) up to ``last_seq``, oldest first: the end
         of what ``restore ID`` brings back."""
@@ -112,25 +110,31 @@ class Source:
                           (last_seq, limit)).fetchall()
         return rows[::-1]
 
-    @staticmethod
-    def threads(db: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
-        """``persist-cli threads`` (``search.threads``: most recently active first, no replays), found by walking
-        the newest records back until ``limit`` threads are seen, then counting only those threads: on a million
-        records this reads a few thousand rows instead of grouping them all."""
-        found: list[str] = []
-        seen: set[str] = set()
-        for (tid,) in db.execute("SELECT thread_id FROM records WHERE thread_id IS NOT NULL AND replay_of IS NULL "
-                                 "ORDER BY seq DESC"):
-            if tid not in seen:
-                seen.add(tid)
-                found.append(tid)
-                if len(found) >= limit:
-                    break
-        out = []
-        for tid in found:
-            first, last, turns, senders = db.execute(
-                "SELECT min(received_at), max(received_at), count(*), group_concat(DISTINCT sender) FROM records "
-                "WHERE thread_id = ? AND replay_of IS NULL", (tid,)).fetchone()
-            out.append({"thread_id": tid, "first_at": first, "last_at": last, "turns": turns,
-                        "participants": sorted(senders.split(",")) if senders else []})
-        return out
+    def threads(self, limit: int) -> list[dict[str, Any]]:
+        """``persist-cli threads`` (``search.threads``: most recently active first, no replays), from per-thread
+        tallies kept up to date incrementally (only rows indexed since the last call are grouped): on a million
+        records the first count takes seconds (``warm`` does it when the server starts), later ones milliseconds."""
+        with self._lock, self.index(wait=0.5) as db:
+            upto = index.position(db)[0]
+            if upto < self._threads_upto:  # a rebuilt or restored index: count again
+                self._threads, self._threads_upto = {}, 0
+            for tid, first, last, turns, senders, newest in db.execute(
+                    "SELECT thread_id, min(received_at), max(received_at), count(*), group_concat(DISTINCT sender), "
+                    "max(seq) FROM records WHERE seq > ? AND seq <= ? AND thread_id IS NOT NULL "
+                    "AND replay_of IS NULL GROUP BY thread_id", (self._threads_upto, upto)):
+                t = self._threads.get(tid)
+                names = set(senders.split(",")) if senders else set()
+                if t is None:
+                    self._threads[tid] = [first, last, turns, names, newest]
+                else:
+                    t[0], t[1], t[2], t[4] = min(t[0], first), max(t[1], last), t[2] + turns, max(t[4], newest)
+                    t[3] |= names
+            self._threads_upto = upto
+            newest_first = sorted(self._threads.items(), key=lambda kv: -kv[1][4])[:limit]
+        return [{"thread_id": tid, "first_at": first, "last_at": last, "turns": turns, "participants": sorted(names)}
+                for tid, (first, last, turns, names, _) in newest_first]
+
+    def warm(self) -> None:
+        """Count threads and who talks to whom now, so that those pages open at once (run on a thread at start)."""
+        self.threads(1)
+        self.edges()

@@ -1,5 +1,6 @@
 """Following the log for the live page: one thread reads each record as it is appended and hands it to
-every subscriber (an SSE stream), and counts records per second for the rate sparkline.
+every subscriber (an SSE stream), and counts records per second (and per sender) for the rate sparkline and
+the agents' rates.
 
 It reads through ``reader.lines`` from the byte where it stopped (as ``stats.Tally`` does), woken by
 ``watch`` when the log dir changes and every ``POLL`` seconds anyway; it never writes and takes no lock,
@@ -19,6 +20,7 @@ from typing import Any
 from persist.daemon.log import reader, times
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.reader import Entry
+from persist.daemon.log.record import is_system
 from persist.daemon.log.watch import watch
 
 POLL = 0.5  # seconds between reads when no change was noticed
@@ -62,6 +64,7 @@ class Tail:
         self.log = log
         self.subscribers: set[Subscriber] = set()
         self.per_second: Counter = Counter()
+        self.senders: dict[int, Counter] = {}  # second → records per sender in it
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -105,6 +108,26 @@ class Tail:
         with self.lock:
             return [self.per_second.get(s, 0) for s in range(end - RATE_WINDOW + 1, end + 1)]
 
+    def sender_rates(self) -> dict[str, float]:
+        """Records per minute of each sender over the last ``RATE_WINDOW`` seconds."""
+        self.ensure_started()
+        start = int(time.time()) - RATE_WINDOW
+        total: Counter = Counter()
+        with self.lock:
+            for second, counted in self.senders.items():
+                if second > start:
+                    total.update(counted)
+        return {sender: n * 60 / RATE_WINDOW for sender, n in total.items()}
+
+    def _count(self, rec: dict[str, Any]) -> None:
+        at = self._second(rec)
+        if at is None:
+            return
+        self.per_second[at] += 1
+        meta = rec.get("meta")
+        if isinstance(meta, dict) and meta.get("sender") is not None and not is_system(rec):
+            self.senders.setdefault(at, Counter())[str(meta["sender"])] += 1
+
     # --- the thread -------------------------------------------------------------------------
 
     def _end(self) -> tuple[tuple[str | None, int], int]:
@@ -122,7 +145,7 @@ class Tail:
             at = self._second(e.rec)
             if at is None or at < cutoff or n >= PREFILL:
                 break
-            self.per_second[at] += 1
+            self._count(e.rec)
 
     @staticmethod
     def _second(rec: dict[str, Any]) -> int | None:
@@ -152,10 +175,10 @@ class Tail:
             return
         with self.lock:
             for e in batch:
-                if (at := self._second(e.rec)) is not None:
-                    self.per_second[at] += 1
+                self._count(e.rec)
             cutoff = int(time.time()) - RATE_WINDOW - 5
             for old in [s for s in self.per_second if s < cutoff]:
                 del self.per_second[old]
+                self.senders.pop(old, None)
             dropped = [sub for sub in self.subscribers if not sub.offer(batch)]
             self.subscribers.difference_update(dropped)

@@ -1,7 +1,7 @@
 """The threads list and one thread as a conversation.
 
-The list is ``persist-cli threads`` (``Source.threads``: the same rows as ``search.threads``, found from the
-newest records back). A thread is ``persist-cli thread``'s records, in
+The list is ``persist-cli threads`` (``Source.threads``: the same rows as ``search.threads``, tallied
+incrementally). A thread is ``persist-cli thread``'s records, in
 recorded order, shown a window at a time (``WINDOW`` turns around the one asked for, more as the reader
 scrolls), so a thread of 10,000 turns opens as fast as one of ten: its rows come from the index, and only
 the window's records are read from the log. Within the window: each agent in its colour, a response
@@ -62,8 +62,7 @@ def routes(viewer) -> list[Route]:
 
     def listing(request: Request) -> Response:
         limit = number(request.query_params.get("limit"), 100, 1, 100000)
-        with source.index(wait=1.0) as db:
-            found = source.threads(db, limit)
+        found = source.threads(limit)
         rows = [{**t, "first": times.show(t["first_at"]), "last": times.show(t["last_at"]),
                  "agents": [(p, show.colour(p)) for p in t["participants"]]} for t in found]
         return viewer.page(request, "threads.html", tab="threads", threads=rows, limit=limit,
