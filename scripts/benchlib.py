@@ -43,7 +43,7 @@ def message(i: int, rnd: random.Random, counters: dict[str, int]) -> bytes:
     body = {
         "sender": sender,
         "recipient": recipient,
-        "thread_id": f"thread-{i % 97:04d}",
+        "thread_id": f"thread-{i % 997:04d}",
         "kind": rnd.choice(KINDS),
         "sender_seq": counters[sender],
         "ts": time.time(),
