@@ -93,7 +93,7 @@ def test_a_typo_d_command_gets_the_closest_one(log):
 
 def test_read_commands_take_json(log, tmp_path):
     assert seqs(cli(log.root, "thread", "fix-42", "--json")) == [1, 2]
-    assert orjson.loads(cli(log.root, "verify", "--json").stdout) == {"ok": True, "records": 5, "problems": []}
+    assert orjson.loads(cli(log.root, "verify", "--json").stdout) == {"ok": True, "records": 5, "redacted": 0, "problems": []}
     assert seqs(cli(log.root, "export", "--json", "--no-system")) == [1, 2, 3, 5]
     assert seqs(cli(log.root, "replay", "--dry-run", "--json", "--thread", "plan-7")) == [3, 5]
     copy = tmp_path / "copy"
