@@ -117,13 +117,13 @@ def test_a_full_disk_applies_retention_at_once(recorder, workdir):
     os.utime(oldest, (old, old))  # past retention, but the next regular pass is a minute away
     _, hard = resource.prlimit(daemon.proc.pid, resource.RLIMIT_FSIZE)
     # room for a tombstone, not for the next record (the active file is briefly absent while it rotates)
-    def size():
+    def room():
         try:
-            return daemon.log.active.stat().st_size
+            return daemon.log.active.stat().st_size + 2000
         except FileNotFoundError:
             return None
 
-    limit = wait_for(size, what="the active file") + 2000
+    limit = wait_for(room, what="the active file")
     resource.prlimit(daemon.proc.pid, resource.RLIMIT_FSIZE, (limit, hard))
     p.send(b"agent.chat", b'{"text":"%s"}' % (b"z" * 4000))  # refused: the disk is full
     wait_for(lambda: not oldest.exists(), what="retention applied as the disk filled")
