@@ -136,7 +136,7 @@ class Group(click.Group):
 @click.option("--config", "config_path", metavar="FILE", help="TOML config file for any command.")
 @click.option("--json", "as_json", is_flag=True, help="JSON for scripts, for any command (errors too, on stderr).")
 @click.option("--utc", is_flag=True, help="Show and read times in UTC instead of local time.")
-@click.option("--archive", "archive_url", metavar="URL", help="search, thread, threads, recent, export, stats and info answer from this PostgreSQL archive, across nodes.")
+@click.option("--archive", "archive_url", metavar="URL", help="search, thread, threads, recent, export, stats, info and web answer from this PostgreSQL archive, across nodes.")
 @click.version_option(package_name="persist", prog_name="persist-cli", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, log_dir: str | None, config_path: str | None, as_json: bool, utc: bool,

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import zmq
-
+from pgdb import pg_url  # noqa: F401 - the fixture: a fresh PostgreSQL database per test
 from procs import Broker, Daemon, Publisher, short_tmpdir
 
 

@@ -9,33 +9,15 @@ import os
 import signal
 import threading
 import time
-import uuid
 
 import orjson
 import pytest
-
 from libdir import run_cli
+from pgdb import archived, ship_until
+from pgdb import admin as _admin
 from procs import eventually, heavy
 
 psycopg = pytest.importorskip("psycopg")
-SERVER = os.environ.get("PERSIST_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
-
-
-def _admin():
-    try:
-        return psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {SERVER}: {exc}")
-
-
-@pytest.fixture
-def pg_url():
-    name = f"persist_test_{uuid.uuid4().hex[:12]}"
-    with _admin() as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    yield f"{SERVER}/{name}"
-    with _admin() as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
@@ -70,26 +52,12 @@ def settle(pub, daemons) -> None:
                           timeout=20), name
 
 
-def archived(url: str) -> dict[str, tuple[int, int]]:
-    """Per node: (rows, distinct keys)."""
-    with psycopg.connect(url) as conn:
-        return {n: (c, d) for n, c, d in conn.execute(
-            "SELECT node, count(*), count(DISTINCT (epoch, seq)) FROM persist_records GROUP BY node")}
-
-
 def caught_up(url: str, daemons) -> bool:
     try:
         have = archived(url)
     except psycopg.Error:
         return False
     return all(have.get(n, (0, 0))[0] == len(d.records()) for n, d in daemons.items())
-
-
-def rows_of(url: str, node: str) -> int:
-    try:
-        return archived(url).get(node, (0, 0))[0]
-    except psycopg.Error:  # no schema yet
-        return 0
 
 
 def shipper_pid(daemon) -> int | None:
@@ -262,22 +230,6 @@ def test_password_never_logged(nodes, pg_url):
     assert pid
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         assert b"s3cret-pw" not in f.read()
-
-
-def ship_until(log_root, url: str, node: str, rows: int) -> str:
-    """Run the shipper process on ``log_root`` until the archive holds ``rows`` rows of ``node``; its log."""
-    import subprocess
-    import sys
-    proc = subprocess.Popen([sys.executable, "-m", "persist.daemon.archive.shipper", "--log-dir", str(log_root),
-                             "--node", node], env={**os.environ, "PERSIST_ARCHIVE_URL": url},
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        eventually(lambda: rows_of(url, node) >= rows, timeout=30)
-    finally:
-        proc.terminate()
-        err = proc.communicate(timeout=10)[1]
-    assert archived(url).get(node, (0, 0)) == (rows, rows), err
-    return err
 
 
 def test_a_restore_in_place_forks_the_key_and_nothing_collides(workdir, pg_url):

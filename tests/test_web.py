@@ -182,11 +182,13 @@ def test_binding_beyond_loopback_makes_a_token_and_refuses_requests_without_it(b
     (["--token", "short"], "--token must be at least 16 characters"),
     (["--port", "70000"], "--port"),
     (["--bind", "no.such.host.invalid"], "--bind 'no.such.host.invalid' is not an address"),
-    (["--archive", "postgresql://nowhere/db"], "--archive: the web viewer reads a log dir"),
+    (["--archive", "postgresql://web:hunter2@nowhere.invalid/db"], "archive postgresql://web@nowhere.invalid/db: "),
+    (["--archive", "not a url"], "archive (an unparsable archive URL): "),
 ])
 def test_bad_flags_are_one_line(built, args, words):
     result = cli(built.root, "web", *args)
     assert result.returncode == 2 and words in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "hunter2" not in result.stderr + result.stdout
 
 
 def test_a_missing_log_dir_is_one_line(tmp_path):

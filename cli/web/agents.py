@@ -2,7 +2,8 @@
 opens those messages), each agent's messages and its rate over the last two minutes (counted by ``tail``), and the agents that joined and
 left (the daemon's ``$persist/agent`` records) on a time axis.
 
-Counts come from the index (``Source.edges``, counted incrementally); messages are read from the JSONL.
+Counts come from the source (``Source.edges``: a log dir's index, counted incrementally, or the archive's
+rows); messages are read from the JSONL or the archive's ``line``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ def routes(viewer) -> list[Route]:
         edges = [svg.Edge(s, r, n, "/agents/edge?" + urlencode({"sender": s, "recipient": EVERYONE if r is None else r}))
                  for (s, r), n in counted.items()]
         recent = viewer.tail.sender_rates()
-        with source.index(wait=0.5) as db:
-            presence = source.entries(source.system_rows(db, ("$persist/agent",)))
+        presence = source.system(("$persist/agent",))
         sent: dict[str, int] = {}
         received: dict[str, int] = {}
         for (s, r), n in counted.items():
@@ -46,8 +46,9 @@ def routes(viewer) -> list[Route]:
             at = times.epoch(e.rec["received_at"])
             label = f"{name} {event} · {times.show(e.rec['received_at'])}" + (
                 f" ({payload['reason']})" if payload.get("reason") else "")
-            marks.append(svg.Mark(name, at, label, f"/message/{e.seq}", event))
-            changes.append({"seq": e.seq, "time": times.show(e.rec["received_at"]), "agent": name, "event": event,
+            where = show.where(e)
+            marks.append(svg.Mark(name, at, label, where["href"], event))
+            changes.append({**where, "seq": e.seq, "time": times.show(e.rec["received_at"]), "agent": name, "event": event,
                             "reason": payload.get("reason"), "pid": payload.get("pid"), "colour": show.colour(name)})
         lanes = sorted({m.lane for m in marks})
         return viewer.page(request, "agents.html", tab="agents", graph=svg.graph(edges, show.colour), agents=agents,
@@ -58,9 +59,8 @@ def routes(viewer) -> list[Route]:
     def edge(request: Request) -> Response:
         sender = request.query_params.get("sender", "")
         recipient = request.query_params.get("recipient", EVERYONE)
-        with source.index(wait=0.5) as db:
-            rows = source.edge_rows(db, sender, None if recipient == EVERYONE else recipient, EDGE_LIMIT)
-        shown = [show.row(e) for e in source.entries(rows)]
+        found = source.edge_entries(sender, None if recipient == EVERYONE else recipient, EDGE_LIMIT)
+        shown = [show.row(e) for e in found]
         return viewer.page(request, "edge.html", tab="agents", sender=sender,
                            recipient="everyone" if recipient == EVERYONE else recipient, rows=shown, limit=EDGE_LIMIT)
 

@@ -56,9 +56,11 @@ def routes(viewer) -> list[Route]:
 
     def page(request: Request) -> Response:
         seq = request.path_params["seq"]
-        e = source.record(seq)
+        e = source.record(seq, request.query_params)
         if e is None:
-            return viewer.page(request, "error.html", status=404, error=f"no record #{seq} in {source.log.root}")
+            node = request.query_params.get("node")
+            return viewer.page(request, "error.html", status=404,
+                               error=f"no record {node + ' ' if node else ''}#{seq} in {source.label}")
         meta = show.meta(e.rec)
         try:
             frames = decode_frames(e.line, e.rec)
@@ -77,7 +79,8 @@ def routes(viewer) -> list[Route]:
             check = {"state": "bad" if problem else "ok", "recorded": meta["sha256"], "computed": computed,
                      "text": problem or "the frames match meta.sha256"}
         record = orjson.dumps(e.rec, option=orjson.OPT_INDENT_2).decode()
+        prev, next_ = source.neighbours(e)
         return viewer.page(request, "message.html", tab="", r=show.row(e), rec=e.rec, record=record, frames=views,
-                           check=check, decode_error=decode_error, segment=e.path.name)
+                           check=check, decode_error=decode_error, segment=e.path.name, prev=prev, next=next_)
 
     return [Route("/message/{seq:int}", page)]

@@ -1,5 +1,6 @@
-"""The search page: ``persist-cli search`` in a form. The same query language and ranking
-(``persist.daemon.index.search.search``), the same filters (``Filters``, ``--since``/``--until`` through
+"""The search page: ``persist-cli search`` in a form (``Source.search``: over a log dir the index's query
+language and ranking, ``persist.daemon.index.search.search``; over the archive ``persist-cli --archive URL
+search``'s, ``websearch_to_tsquery``), the same filters (``Filters``, ``--since``/``--until`` through
 ``times.parse_when``), hits read back from the JSONL; each hit opens its thread at that message (or the
 message itself when it has no thread), its snippet highlighted.
 """
@@ -15,7 +16,7 @@ from starlette.routing import Route
 
 from persist.cli.web import show
 from persist.cli.web.app import number
-from persist.daemon.index.search import Filters, search, with_records
+from persist.daemon.index.search import Filters
 from persist.daemon.log import times
 from persist.daemon.log.errors import SearchIndexError
 
@@ -39,13 +40,12 @@ def routes(viewer) -> list[Route]:
             try:
                 filters = Filters(form["sender"] or None, form["topic"] or None, form["thread"] or None,
                                   form["kind"] or None, _when(form["since"], "since"), _when(form["until"], "until"))
-                with source.index(wait=1.0) as db:
-                    found = with_records(source.log, search(db, form["q"], filters, limit, MARKS))
-                for hit, e in found:
+                for snippet, e in source.search(form["q"], filters, limit, MARKS):
                     r = show.row(e)
-                    r["snippet"] = highlighted(hit["snippet"])
-                    r["href"] = (f"/thread/{quote(r['thread'], safe='')}?at={r['seq']}#m{r['seq']}" if r["thread"]
-                                 else f"/message/{r['seq']}")
+                    r["snippet"] = highlighted(snippet)
+                    r["message"] = r["href"]
+                    if r["thread"]:
+                        r["href"] = f"/thread/{quote(r['thread'], safe='')}?{r['at']}#{r['anchor']}"
                     hits.append(r)
             except (SearchIndexError, ValueError) as exc:
                 error = str(exc)

@@ -6,8 +6,10 @@ Plain values for the templates; nothing here reads the log.
 
 from __future__ import annotations
 
+import re
 import zlib
 from typing import Any
+from urllib.parse import urlencode
 
 from persist.daemon.log import render, times
 from persist.daemon.log.reader import Entry
@@ -37,6 +39,20 @@ def meta(rec: dict[str, Any]) -> dict[str, Any]:
     return m if isinstance(m, dict) else {}
 
 
+def where(e: Entry) -> dict[str, Any]:
+    """How pages name a record: its seq, and for one from the archive its node and epoch (``?node=…``) too;
+    ``anchor`` (its element's id in a page), ``label`` (``#12``, ``alpha #12``), ``href`` (its message page) and
+    ``at`` (the query that opens its thread there)."""
+    node, epoch = getattr(e, "node", None), getattr(e, "epoch", "")
+    if node is None:
+        return {"node": None, "epoch": None, "where": "", "anchor": f"m{e.seq}", "label": f"#{e.seq}", "href": f"/message/{e.seq}",
+                "at": f"at={e.seq}"}
+    key = {"node": node, **({"epoch": epoch} if epoch else {})}
+    anchor = f"m-{re.sub(r'[^A-Za-z0-9_]', '_', node)}-{e.seq}" + (f"-{zlib.crc32(epoch.encode()):08x}" if epoch else "")
+    return {"node": node, "epoch": epoch, "where": urlencode(key), "anchor": anchor, "label": f"{node} #{e.seq}",
+            "href": f"/message/{e.seq}?{urlencode(key)}", "at": urlencode({"at": e.seq, **key})}
+
+
 def row(e: Entry) -> dict[str, Any]:
     """One record as a listing shows it."""
     m = meta(e.rec)
@@ -59,4 +75,5 @@ def row(e: Entry) -> dict[str, Any]:
         "system": system,
         "colour": colour(None if system else sender),
         "binary": "payload_b64" in e.rec,
+        **where(e),
     }

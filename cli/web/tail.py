@@ -1,8 +1,9 @@
-"""Following the log for the live page: one thread reads each record as it is appended and hands it to
+"""Following the source for the live page: one thread reads each record as it is appended and hands it to
 every subscriber (an SSE stream), and counts records per second (and per sender) for the rate sparkline and
-the agents' rates.
+the agents' rates. ``Tail`` is the part both sources share; ``LogTail`` follows a log dir (the archive's is
+``archive_source.ArchiveTail``).
 
-It reads through ``reader.lines`` from the byte where it stopped (as ``stats.Tally`` does), woken by
+``LogTail`` reads through ``reader.lines`` from the byte where it stopped (as ``stats.Tally`` does), woken by
 ``watch`` when the log dir changes and every ``POLL`` seconds anyway; it never writes and takes no lock,
 so the writer is never slowed. A subscriber too slow to keep up (its queue over ``MAX_QUEUE``) is
 dropped: its browser reconnects with the last seq it showed (``Last-Event-ID``) and catches up from the
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from typing import Any
 
@@ -57,11 +59,12 @@ class Subscriber:
         return batch
 
 
-class Tail:
-    """The log followed from its end; started by the first subscriber, stopped with the server."""
+class Tail(ABC):
+    """New records handed to every live page, and counted for the rates; started by the first subscriber,
+    stopped with the server. What finds the new records is a subclass's: ``LogTail`` (a log dir) or
+    ``archive_source.ArchiveTail`` (the archive). ``error``: why it cannot read now (None when it can)."""
 
-    def __init__(self, log: LogDir) -> None:
-        self.log = log
+    def __init__(self) -> None:
         self.subscribers: set[Subscriber] = set()
         self.per_second: Counter = Counter()
         self.senders: dict[int, Counter] = {}  # second → records per sender in it
@@ -69,8 +72,7 @@ class Tail:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
-        self.observer = None
-        self.last_seq = 0
+        self.error: str | None = None
 
     def subscribe(self, loop: asyncio.AbstractEventLoop) -> Subscriber:
         sub = Subscriber(loop)
@@ -87,17 +89,13 @@ class Tail:
         with self.lock:
             if self.thread is not None:
                 return
-            self.position, self.last_seq = self._end()
-            self._prefill()
-            self.observer = watch(str(self.log.root), lambda _event: self.wake.set())
+            self._begin()
             self.thread = threading.Thread(target=self._run, name="persist-web-tail", daemon=True)
             self.thread.start()
 
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
-        if self.observer is not None:
-            self.observer.stop()
         if self.thread is not None:
             self.thread.join(timeout=2)
 
@@ -119,6 +117,14 @@ class Tail:
                     total.update(counted)
         return {sender: n * 60 / RATE_WINDOW for sender, n in total.items()}
 
+    @abstractmethod
+    def _begin(self) -> None:
+        """Where to start (the end of what is there now) and the rate's last two minutes; under ``lock``."""
+
+    @abstractmethod
+    def _run(self) -> None:
+        """The thread: hand each new record out (``_hand_out``) until ``stopping``."""
+
     def _count(self, rec: dict[str, Any]) -> None:
         at = self._second(rec)
         if at is None:
@@ -128,7 +134,46 @@ class Tail:
         if isinstance(meta, dict) and meta.get("sender") is not None and not is_system(rec):
             self.senders.setdefault(at, Counter())[str(meta["sender"])] += 1
 
-    # --- the thread -------------------------------------------------------------------------
+    @staticmethod
+    def _second(rec: dict[str, Any]) -> int | None:
+        try:
+            return int(times.epoch(rec["received_at"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def _hand_out(self, batch: list[Entry]) -> None:
+        if not batch:
+            return
+        with self.lock:
+            for e in batch:
+                self._count(e.rec)
+            cutoff = int(time.time()) - RATE_WINDOW - 5
+            for old in [s for s in self.per_second if s < cutoff]:
+                del self.per_second[old]
+                self.senders.pop(old, None)
+            dropped = [sub for sub in self.subscribers if not sub.offer(batch)]
+            self.subscribers.difference_update(dropped)
+
+
+class LogTail(Tail):
+    """A log dir followed from its end."""
+
+    def __init__(self, log: LogDir) -> None:
+        super().__init__()
+        self.log = log
+        self.observer = None
+        self.last_seq = 0
+
+    def _begin(self) -> None:
+        self.position, self.last_seq = self._end()
+        self._prefill()
+        self.observer = watch(str(self.log.root), lambda _event: self.wake.set())
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.observer is not None:
+            self.observer.stop()
+        super().stop()
 
     def _end(self) -> tuple[tuple[str | None, int], int]:
         """Where the log ends now: the last segment's whole lines, and the newest seq."""
@@ -147,13 +192,6 @@ class Tail:
                 break
             self._count(e.rec)
 
-    @staticmethod
-    def _second(rec: dict[str, Any]) -> int | None:
-        try:
-            return int(times.epoch(rec["received_at"]))
-        except (KeyError, TypeError, ValueError):
-            return None
-
     def _run(self) -> None:
         while not self.stopping.is_set():
             self.wake.clear()  # before reading: a write meanwhile sets it again, and is read at once
@@ -169,16 +207,3 @@ class Tail:
                         batch = []
             self._hand_out(batch)
             self.wake.wait(POLL)
-
-    def _hand_out(self, batch: list[Entry]) -> None:
-        if not batch:
-            return
-        with self.lock:
-            for e in batch:
-                self._count(e.rec)
-            cutoff = int(time.time()) - RATE_WINDOW - 5
-            for old in [s for s in self.per_second if s < cutoff]:
-                del self.per_second[old]
-                self.senders.pop(old, None)
-            dropped = [sub for sub in self.subscribers if not sub.offer(batch)]
-            self.subscribers.difference_update(dropped)

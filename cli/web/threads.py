@@ -1,7 +1,7 @@
 """The threads list and one thread as a conversation.
 
-The list is ``persist-cli threads`` (``Source.threads``: the same rows as ``search.threads``, tallied
-incrementally). A thread is ``persist-cli thread``'s records, in
+The list is ``persist-cli threads`` (``Source.threads``: from a log dir the same rows as ``search.threads``,
+tallied incrementally; from the archive ``query.threads``). A thread is ``persist-cli thread``'s records, in
 recorded order, shown a window at a time (``WINDOW`` turns around the one asked for, more as the reader
 scrolls), so a thread of 10,000 turns opens as fast as one of ten: its rows come from the index, and only
 the window's records are read from the log. Within the window: each agent in its colour, a response
@@ -12,7 +12,6 @@ begin, and the gaps and restores the daemon recorded between its turns. "Copy as
 
 from __future__ import annotations
 
-import bisect
 from typing import Any
 from urllib.parse import quote
 
@@ -22,7 +21,7 @@ from starlette.routing import Route
 
 from persist.cli.web import show
 from persist.cli.web.app import number
-from persist.daemon.index.search import close_threads
+from persist.cli.web.source import Turn
 from persist.daemon.log import render, times
 from persist.daemon.log.reader import Entry
 from persist.daemon.log.select import newest_fitting, tokens
@@ -54,7 +53,8 @@ def _pairs(turns: list[dict[str, Any]], entries: list[Entry]) -> None:
                 req = next((r for r in reversed(open_requests) if r.get("answered_by") is None and (
                     r["recipient"] == t["sender"] or (t["recipient"] and r["sender"] == t["recipient"]))), None)
             if req is not None:
-                req["answered_by"], t["answers"] = t["seq"], req["seq"]
+                req["answered_by"], req["answered_by_label"] = t["anchor"], t["label"]
+                t["answers"], t["answers_label"] = req["anchor"], req["label"]
 
 
 def routes(viewer) -> list[Route]:
@@ -66,29 +66,27 @@ def routes(viewer) -> list[Route]:
         rows = [{**t, "first": times.show(t["first_at"]), "last": times.show(t["last_at"]),
                  "agents": [(p, show.colour(p)) for p in t["participants"]]} for t in found]
         return viewer.page(request, "threads.html", tab="threads", threads=rows, limit=limit,
-                           more=len(found) == limit)
+                           more=len(found) == limit, nodes=any(t.get("nodes") for t in found))
 
-    def turns(db, tid: str, rows: list[tuple], start: int, end: int, at: int | None) -> dict[str, Any]:
-        """The window ``rows[start:end]`` as a conversation, with what the daemon recorded between its turns."""
+    def turns(tid: str, rows: list[Turn], start: int, end: int, at: tuple[int, int] | None) -> dict[str, Any]:
+        """The window ``rows[start:end]`` as a conversation, with what the daemon recorded between its turns
+        (``at``: the index and seq of the turn a link points at)."""
         part = rows[start:end]
-        entries = source.entries([(seg, off) for _, seg, off, *_ in part])
+        entries = source.turn_entries(part)
         shown = [show.row(e) for e in entries]
         _pairs(shown, entries)
         order: dict[str, int] = {}
         for r in rows:
-            if r[4] is not None:
-                order.setdefault(r[4], len(order))
+            if r.sender is not None:
+                order.setdefault(r.sender, len(order))
         right = list(order)[1:2] if len(order) == 2 else []  # two agents: one on each side
         items: list[dict[str, Any]] = []
-        if part:
-            events = [show.row(e) for e in source.entries(source.system_rows(db, EVENTS, part[0][0], part[-1][0]))]
-        else:
-            events = []
-        merged = sorted([(t["seq"], "turn", t) for t in shown] + [(ev["seq"], "event", ev) for ev in events],
-                        key=lambda x: x[0])
+        events = [(e, show.row(e)) for e in source.between(part, EVENTS)]
+        merged = sorted([(source.order(e), 0, start + i, t) for i, (e, t) in enumerate(zip(entries, shown))] +
+                        [(source.order(e), 1, -1, ev) for e, ev in events], key=lambda x: x[:2])
         previous = None
-        for _, what, item in merged:
-            if what == "event":
+        for _, is_event, i, item in merged:
+            if is_event:
                 item["event"] = item["topic"].removeprefix("$persist/")
                 items.append({"type": "event", "r": item})
                 continue
@@ -97,38 +95,34 @@ def routes(viewer) -> list[Route]:
             previous = item["kind"]
             item["right"] = item["sender"] in right
             item["folded"] = item["kind"] in show.FOLDED
-            item["target"] = item["seq"] == at
+            item["target"] = at is not None and i == at[0] and item["seq"] == at[1]
             items.append({"type": "turn", "r": item})
         return {"items": items, "start": start, "end": end, "total": len(rows), "tid": tid, "qtid": quote(tid, safe=""),
                 "window": WINDOW}
 
     def thread(request: Request) -> Response:
         tid = request.path_params["tid"]
-        at = number(request.query_params.get("at"), -1, -1)
-        at = None if at < 0 else at
-        with source.index(wait=1.0) as db:
-            rows = source.thread_rows(db, tid)
-            if not rows:
-                close = close_threads(db, tid)
-                return viewer.page(request, "thread_missing.html", status=404, tab="threads", tid=tid, close=close)
-            i = bisect.bisect_left([r[0] for r in rows], at) if at is not None else 0
-            start = max(0, i - BEFORE) if at is not None else 0
-            window = turns(db, tid, rows, start, min(len(rows), start + WINDOW), at)
-        agents = sorted({r[4] for r in rows if r[4] is not None})
-        summary = {"turns": len(rows), "tokens": sum(r[3] or 0 for r in rows), "first": times.show(rows[0][5]),
-                   "last": times.show(rows[-1][5]), "agents": [(a, show.colour(a)) for a in agents]}
+        seq = number(request.query_params.get("at"), -1, -1)
+        rows = source.thread(tid)
+        if not rows:
+            return viewer.page(request, "thread_missing.html", status=404, tab="threads", tid=tid,
+                               close=source.close_threads(tid))
+        at = source.locate(rows, seq, request.query_params) if seq >= 0 else None
+        start = max(0, at - BEFORE) if at is not None else 0
+        window = turns(tid, rows, start, min(len(rows), start + WINDOW), None if at is None else (at, seq))
+        agents = sorted({r.sender for r in rows if r.sender is not None})
+        summary = {"turns": len(rows), "tokens": sum(r.tokens or 0 for r in rows), "first": times.show(rows[0].received_at),
+                   "last": times.show(rows[-1].received_at), "agents": [(a, show.colour(a)) for a in agents]}
         return viewer.page(request, "thread.html", tab="threads", summary=summary,
                            budget=PROMPT_TOKENS, **window)
 
     def more(request: Request) -> Response:
         tid = request.path_params["tid"]
         q = request.query_params
-        with source.index(wait=0.5) as db:
-            rows = source.thread_rows(db, tid)
-            start = number(q.get("start"), 0, 0, len(rows))
-            end = number(q.get("end"), start + WINDOW, start, min(len(rows), start + WINDOW))
-            window = turns(db, tid, rows, start, end, None)
-        return viewer.page(request, "_turns.html", **window)
+        rows = source.thread(tid)
+        start = number(q.get("start"), 0, 0, len(rows))
+        end = number(q.get("end"), start + WINDOW, start, min(len(rows), start + WINDOW))
+        return viewer.page(request, "_turns.html", **turns(tid, rows, start, end, None))
 
     def prompt(request: Request) -> Response:
         """``persist-cli thread ID --format prompt --max-tokens N``, reading only the newest turns it needs."""
@@ -137,13 +131,12 @@ def routes(viewer) -> list[Route]:
         if not raw.isdigit():
             return HTMLResponse('<p class="error-line">max tokens must be a whole number (0: every turn)</p>')
         budget = int(raw) or None
-        with source.index(wait=0.5) as db:
-            rows = [(seg, off) for _, seg, off, *_ in source.thread_rows(db, tid)]
+        rows = source.thread(tid)
         suffix: list[Entry] = []
         used, end = 0, len(rows)
         while end > 0 and (budget is None or used <= budget):
             begin = max(0, end - 200)
-            chunk = source.entries(rows[begin:end])
+            chunk = source.turn_entries(rows[begin:end])
             used += sum(tokens(e) for e in chunk)
             suffix[:0] = chunk
             end = begin
