@@ -5,10 +5,12 @@ until the archive holds its rows."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from procs import eventually
@@ -24,14 +26,23 @@ def admin():
         pytest.skip(f"no PostgreSQL at {SERVER}: {exc}")
 
 
-@pytest.fixture
-def pg_url():
+@contextlib.contextmanager
+def database() -> Iterator[str]:
+    """The URL of a new, empty database, dropped afterwards."""
     name = f"persist_test_{uuid.uuid4().hex[:12]}"
     with admin() as conn:
         conn.execute(f"CREATE DATABASE {name}")
-    yield f"{SERVER}/{name}"
-    with admin() as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    try:
+        yield f"{SERVER}/{name}"
+    finally:
+        with admin() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def pg_url():
+    with database() as url:
+        yield url
 
 
 def archived(url: str) -> dict[str, tuple[int, int]]:

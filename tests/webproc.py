@@ -24,9 +24,10 @@ SCREENSHOTS = Path(os.environ.get("PERSIST_WEB_SCREENSHOTS", "/tmp/persist-web-s
 class WebServer:
     """``persist-cli web --log-dir DIR ARGS`` on a free port; ``url`` is what it printed."""
 
-    def __init__(self, log_dir: Path, *args: str) -> None:
+    def __init__(self, log_dir: Path, *args: str, before: tuple[str, ...] = ()) -> None:
+        """``before``: global options, given before ``web`` (``persist-cli --archive URL web``)."""
         self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([str(BIN / "persist-cli"), "web", "--log-dir", str(log_dir), *args],
+        self.proc = subprocess.Popen([str(BIN / "persist-cli"), *before, "web", "--log-dir", str(log_dir), *args],
                                      stdout=subprocess.PIPE, stderr=self.stderr, text=True, preexec_fn=die_with_test)
         line = self.proc.stdout.readline()
         m = re.search(r"(http://\S+)", line)
