@@ -317,3 +317,50 @@ def test_every_page_loads_with_the_network_blocked(stage):
     assert not failed, failed  # (a request cut short by leaving its page is ERR_ABORTED)
     assert any(u.endswith("/static/htmx-2.0.11.min.js") for u in asked)
     context.close()
+
+
+def test_a_record_shipped_to_the_archive_appears_in_its_live_view(tmp_path):
+    """``persist-cli --archive URL web``: a record the shipper lands after the page opened shows, with its
+    node; paused, then resumed, the page gets what landed meanwhile, once each."""
+    chromium_or_fail()
+    from libdir import Built
+    from pgdb import database, ship_until
+    from playwright.sync_api import sync_playwright
+
+    def say(b: Built, text: str) -> None:
+        b.send(b"agent.chat", json.dumps({"sender": "shipped-agent", "text": text}).encode(), at=time.time())
+
+    b = Built(tmp_path / "north")
+    with database() as url, sync_playwright() as playwright:
+        say(b, "first one")
+        ship_until(b.root, url, "north", b.seq)
+        web = WebServer(tmp_path, "--archive", url)
+        browser = launch(playwright)
+        try:
+            st = Stage(None, None, web, browser)
+            page = live(st)
+            word = f"shipped-{uuid.uuid4().hex[:8]}"
+            say(b, word)
+            ship_until(b.root, url, "north", b.seq)
+            row = page.locator("#rows .rec[data-seq]", has_text=word)
+            row.wait_for(timeout=5000)
+            assert row.get_attribute("data-node") == "north" and f"north #{b.seq}" in row.inner_text()
+            shot(page, "archive-live")
+            page.click("#pause")
+            page.wait_for_selector("#resume")
+            for i in range(5):
+                say(b, f"paused-{word} {i}")
+            ship_until(b.root, url, "north", b.seq)
+            page.wait_for_timeout(700)
+            assert page.locator("#rows .rec[data-seq]", has_text=f"paused-{word}").count() == 0
+            page.click("#resume")
+            page.wait_for_function(f"[...document.querySelectorAll('#rows .rec[data-seq]')].filter(r => "
+                                   f"r.textContent.includes('paused-{word}')).length >= 5", timeout=5000)
+            page.wait_for_timeout(700)  # and then no row twice
+            seqs = page.eval_on_selector_all("#rows .rec[data-seq]", "rs => rs.map(r => Number(r.dataset.seq))")
+            assert seqs == list(range(b.seq, 0, -1)), seqs
+            page.context.close()
+        finally:
+            browser.close()
+            web.stop()
+            b.close()
