@@ -266,6 +266,22 @@ def test_a_restore_in_place_forks_the_key_and_nothing_collides(workdir, pg_url):
     r = run_cli("--archive", pg_url, "search", "abandoned")  # what the restore set aside stays searchable
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 5
 
+    with psycopg.connect(pg_url) as conn:  # the shipper stands in the fork's epoch, so what comes next lands there
+        (standing,) = conn.execute("SELECT epoch FROM persist_position WHERE node = 'n1'").fetchone()
+    assert standing.startswith("6@"), standing
+    writer = SegmentWriter(b.log, "off")
+    writer.open(reader.first_record(b.log.active).seq)
+    for seq in range(10, 13):
+        msg = Message.from_frames([b"chat", orjson.dumps({"sender": "a", "text": f"later {seq}"})], time.time_ns())
+        writer.append(encode(msg, seq, {}))
+    writer.close()
+    ship_until(b.root, pg_url, "n1", 14 + 3)
+    with psycopg.connect(pg_url) as conn:
+        assert dict(conn.execute("SELECT epoch, count(*) FROM persist_records GROUP BY epoch").fetchall()) == {
+            "": 10, standing: 7}
+    r = run_cli("archive", "check", "--log-dir", str(b.root), "--archive", pg_url, "--node", "n1")
+    assert r.returncode == 0, r.stdout + r.stderr
+
 
 def test_two_logs_given_one_node_name_are_refused_not_mixed(workdir, pg_url):
     import subprocess

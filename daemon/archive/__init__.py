@@ -227,6 +227,7 @@ def ship(conn: psycopg.Connection, node: str, rows: Iterable[tuple], before: Pos
     ``after()`` (asked once ``rows`` is exhausted), in one transaction."""
     import psycopg.errors
 
+    rows = iter(rows)  # one pass: after a conflict the rest comes from where the COPY stopped, not again
     with conn.transaction():
         landed: list[tuple] = []
         try:
