@@ -245,3 +245,33 @@ def test_rows_made_ahead_on_a_thread_come_in_order_and_bring_their_error_back():
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert threading.active_count() <= before
+
+
+def test_a_record_that_defeats_extraction_is_indexed_with_its_place_only(tmp_path, monkeypatch):
+    log = build_texts(tmp_path / "logs", ["first words", "second words"])
+
+    def refuse(rec, segment, offset):
+        if rec["seq"] == 2:
+            raise RecursionError("a record nothing can take apart")
+        return real(rec, segment, offset)
+
+    real = index._row
+    monkeypatch.setattr(index, "_row", refuse)
+    index.rebuild(log)
+    db = index.connect(index.index_path(log))
+    assert db.execute("SELECT seq, own FROM records ORDER BY seq").fetchall() == [(1, 0), (2, 0)]
+    assert index.position(db)[0] == 2  # the indexer went past it
+    db.close()
+
+
+def test_snippets_are_cut_in_statements_of_a_bounded_size_and_every_hit_gets_one(tmp_path, monkeypatch):
+    from persist.daemon.index import search as search_module
+    from persist.daemon.index.search import Filters, search
+
+    monkeypatch.setattr(search_module, "SNIPPETS_AT_ONCE", 7)  # SQLite's own bound is 32,766 values a statement
+    log = build_texts(tmp_path / "logs", [f"common word {i}" for i in range(50)])
+    index.rebuild(log)
+    db = index.connect(index.index_path(log))
+    hits = search(db, "common", Filters(sender="a"), 1000, ("[", "]"))  # a filter: no rank window
+    db.close()
+    assert len(hits) == 50 and all("[common]" in h["snippet"] for h in hits)

@@ -247,7 +247,7 @@ def _indexable(rec: dict[str, Any], line: bytes | None, segment: str, offset: in
         return row, _fts(rec, line, row)
     except Exception as exc:  # noqa: BLE001 - one hostile record must never stop indexing
         log.warning("record_indexed_partly", seq=rec["seq"], segment=segment, error=repr(exc)[:200])
-        row = (rec["seq"], "", "", None, None, None, None, None, None, segment, offset, None)
+        row = (rec["seq"], "", "", None, None, None, None, None, None, segment, offset, None, 0)
         return row, (rec["seq"], "", "", None, None, "", None, None, None)
 
 

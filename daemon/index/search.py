@@ -26,6 +26,7 @@ HIGHLIGHT = ("\x1b[1;33m", "\x1b[0m")
 # word found in most of a million records is answered in milliseconds, and in
 # a conversation log the recent matches are the ones wanted.
 RANK_WINDOW = 5000
+SNIPPETS_AT_ONCE = 500
 
 
 @dataclass
@@ -99,9 +100,11 @@ def _search(db: sqlite3.Connection, query: str, filters: Filters, limit: int,
                       f"WHERE fts MATCH ?{where} AND r.own = 0 ORDER BY rank, r.seq DESC LIMIT ?",
                       [query, *args, limit]).fetchall()
     # snippets of the hits shown only: FTS5 cuts each from the text read back from the log
-    snippets = dict(db.execute(f"SELECT rowid, snippet(fts, -1, ?, ?, '…', 12) FROM fts WHERE fts MATCH ? "
-                               f"AND rowid IN ({','.join('?' * len(rows))})",
-                               [*highlight, query, *(r[0] for r in rows)]).fetchall()) if rows else {}
+    snippets: dict[int, str] = {}
+    for at in range(0, len(rows), SNIPPETS_AT_ONCE):  # SQLite takes so many values per statement
+        some = [r[0] for r in rows[at:at + SNIPPETS_AT_ONCE]]
+        snippets.update(db.execute(f"SELECT rowid, snippet(fts, -1, ?, ?, '…', 12) FROM fts WHERE fts MATCH ? "
+                                   f"AND rowid IN ({','.join('?' * len(some))})", [*highlight, query, *some]))
     return [{"seq": s, "segment": seg, "offset": off, "snippet": snippets.get(s, ""), "rank": rank}
             for s, seg, off, rank in rows]
 
