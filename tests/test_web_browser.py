@@ -319,25 +319,22 @@ def test_every_page_loads_with_the_network_blocked(stage):
     context.close()
 
 
-def test_a_record_shipped_to_the_archive_appears_in_its_live_view(tmp_path):
+def test_a_record_shipped_to_the_archive_appears_in_its_live_view(stage, tmp_path):
     """``persist-cli --archive URL web``: a record the shipper lands after the page opened shows, with its
     node; paused, then resumed, the page gets what landed meanwhile, once each."""
-    chromium_or_fail()
     from libdir import Built
     from pgdb import database, ship_until
-    from playwright.sync_api import sync_playwright
 
     def say(b: Built, text: str) -> None:
         b.send(b"agent.chat", json.dumps({"sender": "shipped-agent", "text": text}).encode(), at=time.time())
 
     b = Built(tmp_path / "north")
-    with database() as url, sync_playwright() as playwright:
+    with database() as url:
         say(b, "first one")
         ship_until(b.root, url, "north", b.seq)
         web = WebServer(tmp_path, "--archive", url)
-        browser = launch(playwright)
         try:
-            st = Stage(None, None, web, browser)
+            st = Stage(None, None, web, stage.browser)  # the module's browser, another server
             page = live(st)
             word = f"shipped-{uuid.uuid4().hex[:8]}"
             say(b, word)
@@ -361,6 +358,5 @@ def test_a_record_shipped_to_the_archive_appears_in_its_live_view(tmp_path):
             assert seqs == list(range(b.seq, 0, -1)), seqs
             page.context.close()
         finally:
-            browser.close()
             web.stop()
             b.close()
