@@ -194,3 +194,20 @@ def test_bad_flags_are_one_line(built, args, words):
 def test_a_missing_log_dir_is_one_line(tmp_path):
     result = cli(tmp_path / "nowhere", "web")
     assert result.returncode == 2 and "does not exist; pass --log-dir" in result.stderr
+
+
+def test_hostile_requests_get_an_answer_not_a_traceback(built):
+    s = WebServer(built.root, "--token", "correct-horse-battery")
+    try:
+        ok = {"Cookie": "persist_token=correct-horse-battery"}
+        status, body = s.get("/message/99999999999999999999", ok)  # past SQLite's integers
+        assert status == 404 and "#99999999999999999999" in body
+        status, body = s.get("/prompt/fix-42?max_tokens=%C2%B2", ok)  # a digit to str.isdigit, not to int
+        assert status == 200 and "whole number" in body
+        status, body = s.get("/prompt/fix-42?max_tokens=" + "9" * 5000, ok)
+        assert status == 200 and "whole number" in body
+        odd = {"Cookie": 'persist_token="\\x"; $$$=;;', "Authorization": "Bearer correct-horse-battery"}
+        assert s.get("/threads", odd)[0] == 200  # another local app's odd cookie is no reason to fail
+        assert "Traceback" not in s.errors()
+    finally:
+        s.stop()

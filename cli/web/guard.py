@@ -10,7 +10,7 @@ of the log.
 from __future__ import annotations
 
 import hmac
-from http.cookies import SimpleCookie
+from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs
 
 COOKIE = "persist_token"
@@ -35,7 +35,7 @@ class Guard:
         if self.token is None:
             return await self.app(scope, receive, send)
         given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [None])[0]
-        cookie = SimpleCookie(headers.get("cookie", "")).get(COOKIE)
+        cookie = _cookie(headers.get("cookie", ""))
         bearer = headers.get("authorization", "")
         candidates = [given, cookie.value if cookie else None,
                       bearer[7:] if bearer.lower().startswith("bearer ") else None]
@@ -59,3 +59,11 @@ async def _refuse(send, status: int, text: str, extra: list[tuple[bytes, bytes]]
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"),
                             (b"content-length", str(len(body)).encode()), *extra]})
     await send({"type": "http.response.body", "body": body})
+
+
+def _cookie(header: str):
+    """Our token's cookie, if a well-formed one was sent (another local app's odd cookie is no reason to fail)."""
+    try:
+        return SimpleCookie(header).get(COOKIE)
+    except CookieError:
+        return None

@@ -128,7 +128,7 @@ def routes(viewer) -> list[Route]:
         """``persist-cli thread ID --format prompt --max-tokens N``, reading only the newest turns it needs."""
         tid = request.path_params["tid"]
         raw = request.query_params.get("max_tokens", str(PROMPT_TOKENS)).strip()
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 15:  # "²" is a digit to isdigit, not to int
             return HTMLResponse('<p class="error-line">max tokens must be a whole number (0: every turn)</p>')
         budget = int(raw) or None
         rows = source.thread(tid)
