@@ -91,6 +91,7 @@ def test_pages_show_what_the_archive_commands_show(nodes, server):
     assert status == 200, page
     assert [(n, int(s)) for s, n in re.findall(r'<tr class="hit" data-seq="(\d+)" data-node="([^"]+)"', page)] == hits
     assert {n for n, _ in hits} == {"alpha", "beta"} and "<mark>zebra</mark>" in page
+    assert "websearch_to_tsquery" in server.get("/search")[1], "the form says which query language it takes"
 
     turns = [(t["node"], t["record"]["seq"]) for t in cli_json(nodes.url, "thread", "t-cross")]
     assert [n for n, _ in turns] == ["alpha", "beta", "alpha", "beta"], "the thread spans both nodes, in order"
@@ -195,6 +196,9 @@ def written(url: str) -> tuple:
 
 def test_browsing_every_page_writes_nothing_and_never_shows_the_password(nodes):
     url = nodes.url.replace("postgres@", "postgres:hunter2@")  # trust auth: any password passes
+    for i in range(3):  # three records just now: the rate's last two minutes are counted at start
+        say(nodes.logs["beta"], "coder", f"just now {i}", at=time.time())
+    ship_until(nodes.logs["beta"].root, nodes.url, "beta", nodes.logs["beta"].seq)
     time.sleep(1.2)  # the shippers' counters are flushed (at most once a second per session)
     before = written(nodes.url)
     s = WebServer(nodes.logs["beta"].root, "--archive", url)
@@ -207,6 +211,9 @@ def test_browsing_every_page_writes_nothing_and_never_shows_the_password(nodes):
             status, page = s.get(path)
             assert status in (200, 404) and "hunter2" not in page, path
         assert s.get("/checkpoint/c-1")[0] == 404
+        assert re.search(r"peak [1-9]\d*/s", s.get("/live/rate")[1])
+        assert re.search(r'<td><span class="agent" [^>]*>coder</span></td><td class="num">\d+</td>\s*'
+                         r'<td class="num">\d+</td><td class="num">1\.5</td>', s.get("/agents")[1]), "3 a 2 min"
         assert "hunter2" not in s.errors() and "hunter2" not in s.url
     finally:
         s.stop()

@@ -34,7 +34,7 @@ from psycopg import conninfo
 
 from persist.cli.web import show
 from persist.cli.web.source import Turn
-from persist.cli.web.tail import POLL, PREFILL, RATE_WINDOW, Tail
+from persist.cli.web.tail import POLL, RATE_WINDOW, Tail
 from persist.daemon import archive
 from persist.daemon.archive import query
 from persist.daemon.index.search import Filters
@@ -191,8 +191,10 @@ class ArchiveTail(Tail):
             self.marks = marks_now(conn)
             self.started = True
             since = datetime.now(timezone.utc) - timedelta(seconds=RATE_WINDOW)
-            for e in records(query.recent(conn, PREFILL, since=since.isoformat())):
-                self._count(e.rec)
+            for second, sender, n in query.per_second(conn, since):  # the rate's last two minutes, counted there
+                self.per_second[second] += n
+                if sender is not None:
+                    self.senders.setdefault(second, Counter())[sender] += n
         except psycopg.Error as exc:
             self._failed(exc)
 
@@ -235,6 +237,7 @@ class ArchiveSource:
 
     unavailable = (psycopg.Error,)  # the app shows these as one line on the page
     timeline_cannot_show = CANNOT_SHOW
+    websearch = True  # the search form's language is websearch_to_tsquery's
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -50,7 +50,7 @@ def routes(viewer) -> list[Route]:
             except (SearchIndexError, ValueError) as exc:
                 error = str(exc)
         return viewer.page(request, "search.html", tab="search", form=form, hits=hits, error=error, limit=limit,
-                           limits=LIMITS)
+                           limits=LIMITS, websearch=getattr(source, "websearch", False))
 
     return [Route("/search", page)]
 

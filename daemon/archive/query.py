@@ -240,6 +240,15 @@ def rotations(conn: psycopg.Connection) -> list[dict[str, Any]]:
     return sorted(found, key=lambda r: (r["received_at"] is None, r["received_at"], r["node"], r["seq"]))
 
 
+def per_second(conn: psycopg.Connection, since: Any) -> list[tuple[int, str | None, int]]:
+    """Records per second since ``since``, every node: ``(unix second, sender, records)``, the sender None for
+    the daemon's own records (for a rate, without reading the records themselves)."""
+    return conn.execute(
+        "SELECT floor(extract(epoch FROM received_at))::bigint, "
+        f"CASE WHEN starts_with(topic, '{SYSTEM}') THEN NULL ELSE sender END, count(*) FROM persist_records "
+        "WHERE received_at >= %s GROUP BY 1, 2", (since,)).fetchall()
+
+
 def close_threads(conn: psycopg.Connection, thread_id: str, limit: int = 5) -> list[str]:
     """Thread ids that contain ``thread_id``, or that it contains, case-insensitively (for "did you mean")."""
     return [t for (t,) in conn.execute(
