@@ -299,3 +299,71 @@ def test_with_redaction_off_the_journal_has_no_redactor_and_keeps_secrets(tmp_pa
     cfg = Config()
     assert from_config(cfg, tmp_path) is None
     assert not (tmp_path / "redact.key").exists()
+
+
+# --- pathological input: one message must not freeze the recorder -----------------------
+
+_PATHOLOGICAL = r'''
+import sys, time
+from persist.daemon.log.record import Message
+from persist.daemon.redact import Redactor
+from persist.daemon.redact.rules import OPT_IN, builtin
+
+K = 65536
+def fill(unit, head="", tail=""):
+    return (head + unit * (K // len(unit) + 1))[: K - len(tail)] + tail
+
+inputs = [fill("1-", "xoxb-", "_"), fill("sk-", "", "T3BlbkFJ"), fill("a", "sk-", "T3BlbkFJ!"), fill("a"),
+          fill("a", "eyJ"), fill("eyJaaaaaaaaa."), fill("b", "a://"), fill("ab://x:"), fill("password"),
+          fill("apikey="), fill("-----BEGIN PRIVATE KEY-----"), fill("aaa1Q~"), fill("a", "?sig="), fill("-", "", "!"),
+          fill("glpat-"), fill("a-"), fill("sk-ant-api03-"), fill("GOCSPX-"), fill("ya29."), fill("a", "", "==="),
+          fill(" ", "password:", "x"), fill("aws_secret_key=")]
+rules = builtin(enable=OPT_IN)
+red = Redactor(rules, key=b"k" * 32)
+t = time.perf_counter()
+for s in inputs:
+    for r in rules:
+        r.secrets(s)
+    red.message(Message.from_frames([b"agent.chat", s.encode()], 0))
+print(len(inputs), time.perf_counter() - t)
+'''
+
+
+def test_no_builtin_rule_backtracks_on_pathological_64_kib_input():
+    """Each built-in rule (opt-ins too) against 64 KiB made to make a backtracking regex try every split
+    (``"xoxb-" + "1-"*n + "_"`` took 83 s at 40 KB, a minute or more each for several others): the whole set,
+    rule by rule and through ``Redactor.message``, well under 15 s on a loaded machine (about 1-5 s here).
+    In a child process so a regression fails at the timeout instead of hanging the run."""
+    import subprocess
+    import sys
+
+    try:
+        out = subprocess.run([sys.executable, "-c", _PATHOLOGICAL], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the built-in rules took over 60 s on 64 KiB pathological inputs")
+    assert out.returncode == 0, out.stderr
+    n, seconds = out.stdout.split()
+    assert int(n) == 22 and float(seconds) < 15, out.stdout
+
+
+def test_a_long_text_is_searched_in_windows_and_nothing_at_an_edge_is_missed():
+    """A text past ``WINDOW`` is searched in overlapping windows: a secret on every window edge, a PEM block
+    longer than a window and a token run longer than one are all still replaced whole."""
+    from persist.daemon.redact.rules import OVERLAP, WINDOW
+
+    gh = SAMPLES["github-token"]
+    filler = "lorem ipsum dolor "
+    text = (filler * (3 * WINDOW // len(filler)))
+    at = [WINDOW - 20, 2 * WINDOW - OVERLAP - 10, 2 * WINDOW - OVERLAP + 5, 3 * WINDOW - 2 * OVERLAP - 3]
+    for i in sorted(at, reverse=True):
+        text = text[:i] + f" {gh} " + text[i:]
+    big_pem = ("-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(rs(B64, 64) for _ in range(WINDOW // 50))
+               + "\n-----END RSA PRIVATE KEY-----")
+    long_token = "sk-proj-" + rs(ALNUM, WINDOW + 100)
+    text = filler * 10 + big_pem + " and " + text + " then " + long_token + " end"
+    r = redactor()
+    notes: list = []
+    out = r.text(text, "payload", notes)
+    assert gh not in out and long_token[8:][-40:] not in out and "BEGIN RSA" not in out and "END RSA" not in out
+    assert [n["rule"] for n in notes] == ["private-key"] + ["github-token"] * 4 + ["openai-project-key"]
+    assert out.endswith("[REDACTED:openai-project-key] end")

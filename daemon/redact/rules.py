@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 FLAGS = re.ASCII
+WINDOW = 32768  # characters: the most of a text one regex search is given (``Rule.secrets``)
+OVERLAP = 8192  # characters two windows share: a secret up to this long is seen whole in one of them
 
 
 class RuleError(ValueError):
@@ -64,9 +66,35 @@ class Rule:
     gate: bool = False  # built-in: every secret it finds passes the redactor's token gate (``Redactor.worth_a_look``)
 
     def secrets(self, text: str) -> list[tuple[int, int]]:
-        """``(start, end)`` of each secret this rule finds in ``text``, in order, not overlapping."""
+        """``(start, end)`` of each secret this rule finds in ``text``, in order, not overlapping.
+
+        The regex never searches more than ``WINDOW`` characters at once: a longer text is searched in
+        windows overlapping by ``OVERLAP``, so a rule whose cost grows with the square of what it is given
+        (a gitleaks rule, say) costs at most that per window, linear in the text. A match that starts in the
+        overlap is left to the next window, which holds it whole; one that runs to its window's edge is
+        taken again from its start without the edge (one anchored match, so a long PEM block is not cut)."""
+        n = len(text)
+        if n <= WINDOW:
+            return self._found(text, self.regex.finditer(text))
+        found: list[tuple[int, int]] = []
+        at = 0
+        while at < n:
+            edge = min(at + WINDOW, n)
+            handed_on = edge - OVERLAP if edge < n else n
+            nxt = handed_on
+            for m in self.regex.finditer(text, at, edge):
+                if m.start() >= handed_on:
+                    break
+                if m.end() == edge < n:
+                    m = self.regex.match(text, m.start()) or m
+                found.extend(self._found(text, (m,)))
+                nxt = max(nxt, m.end())
+            at = nxt if nxt > at else edge
+        return found
+
+    def _found(self, text: str, matches: Any) -> list[tuple[int, int]]:
         found = []
-        for m in self.regex.finditer(text):
+        for m in matches:
             start, end = self._span(m)
             if start >= end:
                 continue
@@ -238,7 +266,8 @@ def from_gitleaks(path: Path, key: str) -> tuple[list[Rule], Allowlist | None]:
 # --- the built-in rules -----------------------------------------------------------------
 
 _END = r"(?![A-Za-z0-9_\-])"  # a token ends where its alphabet does
-_ASSIGNED = (r"(?i:[A-Za-z0-9_.\-]*(?:password|passwd|secret|api[_\-]?key|access[_\-]?key|access[_\-]?token"
+_START = r"(?<![A-Za-z0-9_\-])"  # … and starts where it does: one try per token, not one per position in it
+_ASSIGNED = (r"(?i:(?:password|passwd|secret|api[_\-]?key|access[_\-]?key|access[_\-]?token"
              r"|auth[_\-]?token|refresh[_\-]?token|client[_\-]?secret|private[_\-]?key|credentials?))")
 
 
@@ -256,17 +285,17 @@ class Spec:
 
 
 SPECS = (
-    Spec("anthropic-api-key", r"\bsk-ant-(?:api|admin|oat|sid)\d{2}-[A-Za-z0-9_\-]{32,}" + _END, ("sk-ant-",),
+    Spec("anthropic-api-key", _START + r"sk-ant-(?:api|admin|oat|sid)\d{2}-[A-Za-z0-9_\-]{32,}+" + _END, ("sk-ant-",),
          "Anthropic API and admin keys (sk-ant-api03-…)"),
-    Spec("openai-api-key", r"\bsk-(?:(?:proj|svcacct|admin)-)?[A-Za-z0-9_\-]{16,}T3BlbkFJ[A-Za-z0-9_\-]{16,}" + _END,
+    Spec("openai-api-key", _START + r"sk-(?:(?:proj|svcacct|admin)-)?[A-Za-z0-9_\-]{16,}T3BlbkFJ[A-Za-z0-9_\-]{16,}+" + _END,
          ("t3blbkfj",), "OpenAI keys (sk-…T3BlbkFJ…, sk-proj-…)"),
-    Spec("openai-project-key", r"\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{40,}" + _END,
+    Spec("openai-project-key", _START + r"sk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{40,}+" + _END,
          ("sk-proj-", "sk-svcacct-", "sk-admin-"), "OpenAI project, service-account and admin keys"),
     Spec("openrouter-api-key", r"\bsk-or-v1-[a-f0-9]{64}\b", ("sk-or-v1-",), "OpenRouter keys"),
-    Spec("llm-api-key", r"\bsk-[A-Za-z0-9]{32,}" + _END, ("sk-",),
+    Spec("llm-api-key", _START + r"sk-[A-Za-z0-9]{32,}+" + _END, ("sk-",),
          "sk-… keys of other LLM providers (DeepSeek, Moonshot, older OpenAI)", entropy=3.0),
-    Spec("google-api-key", r"\bAIza[0-9A-Za-z_\-]{35}" + _END, ("aiza",), "Google API keys (Gemini, Maps, …)"),
-    Spec("google-oauth", r"\b(?:GOCSPX-[A-Za-z0-9_\-]{28}|ya29\.[A-Za-z0-9_\-]{20,})" + _END, ("gocspx-", "ya29."),
+    Spec("google-api-key", _START + r"AIza[0-9A-Za-z_\-]{35}" + _END, ("aiza",), "Google API keys (Gemini, Maps, …)"),
+    Spec("google-oauth", _START + r"(?:GOCSPX-[A-Za-z0-9_\-]{28}|ya29\.[A-Za-z0-9_\-]{20,}+)" + _END, ("gocspx-", "ya29."),
          "Google OAuth client secrets and access tokens"),
     Spec("huggingface-token", r"\bhf_[A-Za-z0-9]{34,40}\b", ("hf_",), "Hugging Face tokens", entropy=3.0),
     Spec("groq-api-key", r"\bgsk_[A-Za-z0-9]{52}\b", ("gsk_",), "Groq keys"),
@@ -276,39 +305,39 @@ SPECS = (
     Spec("aws-access-key-id", r"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\b",
          ("akia", "asia", "abia", "acca", "a3t"), "AWS access key ids", entropy=3.0),
     Spec("aws-secret-access-key",
-         r"(?i:aws)?[_\-.]?(?i:secret)[_\-.]?(?i:access)?[_\-.]?(?i:key)[\"']?\s*[:=]{1,2}>?\s*[\"']?([A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])",
+         r"(?i:aws)?[_\-.]?(?i:secret)[_\-.]?(?i:access)?[_\-.]?(?i:key)[\"']?\s*+[:=]{1,2}>?\s*+[\"']?([A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])",
          ("secret_access_key", "secretaccesskey", "aws_secret", "secret-access-key", "secret_key"),
          "AWS secret access keys (40 characters after a secret_access_key name)", group=1),
     Spec("gcp-service-account", r"\"private_key_id\"\s*:\s*\"([a-f0-9]{40})\"", ("private_key_id",),
          "GCP service-account key ids (the key itself is a private-key)", group=1),
     Spec("azure-storage-key", r"(?i:AccountKey)=([A-Za-z0-9+/]{86}==)", ("accountkey=",), "Azure storage account keys",
          group=1),
-    Spec("azure-sas-token", r"[?&]sig=([A-Za-z0-9%+/]{40,}={0,2})", ("sig=",), "Azure SAS signatures", group=1),
+    Spec("azure-sas-token", r"[?&]sig=([A-Za-z0-9%+/]{40,}+={0,2})", ("sig=",), "Azure SAS signatures", group=1),
     Spec("azure-client-secret", r"(?<![A-Za-z0-9_~.])([A-Za-z0-9_~.]{3}\dQ~[A-Za-z0-9_~.\-]{31,34})(?![A-Za-z0-9_~.\-])",
          ("q~",), "Azure AD client secrets", group=1, entropy=3.0),
     Spec("github-token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})\b",
          ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), "GitHub tokens"),
-    Spec("gitlab-token", r"\bgl(?:pat|dt|rt|ptt|oas)-[A-Za-z0-9_\-]{20,}" + _END,
+    Spec("gitlab-token", _START + r"gl(?:pat|dt|rt|ptt|oas)-[A-Za-z0-9_\-]{20,}+" + _END,
          ("glpat-", "gldt-", "glrt-", "glptt-", "gloas-"), "GitLab tokens"),
-    Spec("slack-token", r"\bxox[abposr]-(?:\d+-)*[A-Za-z0-9\-]{15,}" + _END, ("xoxa-", "xoxb-", "xoxp-", "xoxo-",
+    Spec("slack-token", _START + r"xox[abposr]-[A-Za-z0-9\-]{15,}+" + _END, ("xoxa-", "xoxb-", "xoxp-", "xoxo-",
          "xoxs-", "xoxr-"), "Slack tokens"),
     Spec("slack-webhook", r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/]{43,56}",
          ("hooks.slack.com",), "Slack webhook URLs"),
     Spec("stripe-key", r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{24,}\b", ("sk_live_", "rk_live_", "sk_test_",
          "rk_test_"), "Stripe secret keys"),
-    Spec("jwt", r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}" + _END, ("eyj",),
+    Spec("jwt", _START + r"eyJ[A-Za-z0-9_\-]{8,}+\.eyJ[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]{8,}+" + _END, ("eyj",),
          "JSON Web Tokens (header.payload.signature)"),
     Spec("private-key",
          r"-----BEGIN[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----[\s\S]*?(?:-----END[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----|\Z)",
          ("private key",), "PEM private keys (RSA, EC, OpenSSH, PGP, PKCS#8), to their END line or the text's end"),
     Spec("url-password", r"\b[A-Za-z][A-Za-z0-9+.\-]{1,20}://[^\s:/@\"'<>]{0,128}:([^\s/@\"'<>]{1,256})@", ("://",),
          "passwords in URLs (scheme://user:PASSWORD@host)", group=1),
-    Spec("secret-assignment", _ASSIGNED + r"[\"']?\s*(?::|=|:=|=>)\s*[\"'`]?(?!\[REDACTED)([^\s\"'`,;{}\[\]]{8,})",
+    Spec("secret-assignment", _ASSIGNED + r"[\"']?\s*+(?::|=|:=|=>)\s*+[\"'`]?(?!\[REDACTED)([^\s\"'`,;{}\[\]]{8,}+)",
          ("password", "passwd", "secret", "api_key", "api-key", "apikey", "access_key", "access-key", "token",
           "credential", "private_key"),
          "NAME=VALUE and \"name\": \"value\" where the name says password, secret, api_key, token … (opt-in)",
          group=1, opt_in=True, gate=False),
-    Spec("high-entropy", r"(?<![A-Za-z0-9+/_\-=])[A-Za-z0-9+/_\-]{32,}={0,2}(?![A-Za-z0-9+/_\-=])", (),
+    Spec("high-entropy", r"(?<![A-Za-z0-9+/_\-=])[A-Za-z0-9+/_\-]{32,}+={0,2}+(?![A-Za-z0-9+/_\-=])", (),
          "any 32+ character token of base64 or hex alphabet with 4.5 bits of entropy per character (opt-in)",
          entropy=4.5, opt_in=True, allow=(r"^[0-9a-f]+$", r"^[A-Za-z]+$", r"^[0-9]+$")),
 )  # fmt: skip
