@@ -10,11 +10,13 @@ instead of a message being lost.
 With ``[curve]`` on it is the CURVE server on both sides: publishers and
 subscribers must hold a key on its allow-list (or any valid key with
 ``allow_any``), and each refused handshake is said on stderr (``curve``),
-which ZeroMQ alone never does.
+which ZeroMQ alone never does. SIGHUP reads the allow-list (``clients/``) again,
+and says so in one line; an allow-list it cannot read leaves the old one in force.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 from typing import Any
@@ -40,6 +42,26 @@ def say_refused(r: dict[str, Any]) -> None:
     again = f" (and {r['repeated']} more times since the last report)" if r.get("repeated") else ""
     print(f"broker: refused a CURVE handshake on {r['endpoint']}{who}{key}: {r['reason']}{again}",
           file=sys.stderr, flush=True)
+
+
+class _ReloadOnSighup:
+    """Notes SIGHUP (in a plain attribute, as ``StopOnSignal`` does); the loop reloads when it looks."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        try:
+            signal.signal(signal.SIGHUP, self._note)
+        except ValueError:  # not the main thread (the proxy run from a test or a library): no SIGHUP reload
+            pass
+
+    def _note(self, _signum: int, _frame: Any) -> None:
+        self.pending = True
+
+    def due(self) -> bool:
+        if not self.pending:
+            return False
+        self.pending = False
+        return True
 
 
 def run_proxy(frontend: str, backend: str, stop: StopOnSignal, hwm: int = HWM, secure: CurveSection | None = None,
@@ -79,6 +101,7 @@ def run_proxy(frontend: str, backend: str, stop: StopOnSignal, hwm: int = HWM, s
             raise BrokerError(str(exc)) from None
         raise BrokerError(f"cannot bind {exc.strerror}: is another broker running on {frontend} or {backend}?") from None
     refusals = curve.Refusals(say_refused, auth)
+    hup = _ReloadOnSighup() if auth is not None else None
     front, back = (s.getsockopt_string(zmq.LAST_ENDPOINT) for s in (xsub, xpub))
     # The proxy owns its sockets on its own thread; it is told to stop over a control
     # socket, never by closing sockets under it (ZeroMQ sockets are not thread-safe).
@@ -99,6 +122,14 @@ def run_proxy(frontend: str, backend: str, stop: StopOnSignal, hwm: int = HWM, s
     while not stop.is_set():
         for mon, _ in poller.poll(200):  # the monitors live on this thread; the proxy's sockets on its own
             refusals.event(recv_monitor_message(mon), curve.SERVER)
+        if hup is not None and hup.due():
+            try:
+                n = auth.reload()
+            except curve.CurveError as exc:
+                print(f"broker: SIGHUP: {exc}; the old allow-list stays in force", file=sys.stderr, flush=True)
+            else:
+                print(f"broker: SIGHUP: {'any valid key' if n < 0 else f'{n} key(s)'} on the allow-list",
+                      file=sys.stderr, flush=True)
     control.send(b"TERMINATE")
     thread.join(timeout=2)
     for mon in monitors:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from zmq.auth import CURVE_ALLOW_ANY, load_certificates
+from zmq.auth import CURVE_ALLOW_ANY
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
@@ -81,6 +81,8 @@ class Keys:
         sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
         sock.setsockopt(zmq.ZAP_DOMAIN, DOMAIN.encode())
+        # no ZAP handler answering means no client admitted (libzmq would otherwise let any valid key in)
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
 
 
 # --- key files ---------------------------------------------------------------------------
@@ -165,6 +167,25 @@ def allowed_dir(directory: Path) -> Path:
     return path
 
 
+def read_allowed(path: Path) -> dict[bytes, bool]:
+    """The public keys of the ``*.key`` files in ``path`` (``CurveError`` naming the first that cannot be used)."""
+    from zmq.auth import load_certificate
+
+    certs = {}
+    for cert in sorted(path.glob("*.key")):
+        try:
+            public, _ = load_certificate(cert)
+        except (OSError, ValueError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise CurveError(f"[curve] keys_dir: allow-list file {cert} cannot be used ({why}); fix or remove "
+                             "it") from None
+        if not _z85_key(public):
+            raise CurveError(f"[curve] keys_dir: allow-list file {cert} does not hold a 40-character z85 public "
+                             "key; fix or remove it")
+        certs[public] = True
+    return certs
+
+
 # --- binding -----------------------------------------------------------------------------
 
 def loopback(endpoint: str) -> bool:
@@ -197,15 +218,24 @@ class Authenticator(ThreadAuthenticator):
         if not allow_any:
             allowed_dir(keys_dir)
         self.start()
-        self.reload()
+        try:
+            self.reload()
+        except BaseException:  # a bad allow-list: no ZAP thread left running behind the error
+            self.stop()
+            raise
 
     def reload(self) -> int:
-        """Read the allow-list again (SIGHUP); the number of keys on it (-1: any key)."""
+        """Read the allow-list again (SIGHUP); the number of keys on it (-1: any key).
+
+        All or nothing: a ``*.key`` that cannot be read or holds no 40-character public key (a directory, a
+        file without permission, a stray) is a ``CurveError`` naming it, and the list in force stays."""
         if self.allow_any:
             self.configure_curve(domain=DOMAIN, location=CURVE_ALLOW_ANY)
             return -1
-        self.configure_curve(domain=DOMAIN, location=str(allowed_dir(self.keys_dir)))
-        return len(load_certificates(str(allowed_dir(self.keys_dir))))
+        certs = read_allowed(allowed_dir(self.keys_dir))
+        self.allow_any = False
+        self.certs[DOMAIN] = certs  # one assignment: the ZAP thread sees the old list or the new one
+        return len(certs)
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:
         self._request = msg

@@ -62,7 +62,7 @@ def check_curve(cfg: config.Config, insecure: bool) -> None:
         if cfg.daemon.bind:
             curve.server_keys(cfg.curve.keys_path)
             if not cfg.curve.allow_any:
-                curve.allowed_dir(cfg.curve.keys_path)
+                curve.read_allowed(curve.allowed_dir(cfg.curve.keys_path))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -90,14 +90,19 @@ def open_socket(ctx: zmq.Context, endpoint: str, bind: bool, secure: CurveSectio
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.LINGER, 10_000)
     out = Outlet(sock, handshake=curve.monitor(sock))
-    if secure is not None:
-        if bind:
-            keys = curve.server_keys(secure.keys_path)
-            out.auth = curve.Authenticator(ctx, secure.keys_path, secure.allow_any)
-            keys.serve(sock)
-        else:
-            curve.client_keys(secure.keys_path).client(sock)
-    (sock.bind if bind else sock.connect)(endpoint)
+    try:
+        if secure is not None:
+            if bind:
+                keys = curve.server_keys(secure.keys_path)
+                out.auth = curve.Authenticator(ctx, secure.keys_path, secure.allow_any)
+                keys.serve(sock)
+            else:
+                curve.client_keys(secure.keys_path).client(sock)
+        (sock.bind if bind else sock.connect)(endpoint)
+    except BaseException:  # no ZAP thread or socket left behind a bad key or a taken port
+        out.close()
+        sock.close(linger=0)
+        raise
     return out
 
 

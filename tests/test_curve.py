@@ -336,3 +336,105 @@ def test_the_allow_list_is_read_again_on_sighup_and_allow_any_takes_any_valid_ke
     finally:
         if other.proc.poll() is None:
             other.kill9()
+
+
+# --- a bad allow-list file: refused at start in one line, and SIGHUP keeps the old list -----------
+
+def test_a_malformed_allow_list_file_is_one_line_at_start_and_sighup_keeps_the_old_list(workdir, log_dir, keys):
+    bad = keys / "clients" / "bad.key"
+    bad.write_text("not a certificate\n")
+    ran = run("persist-daemon", "--log-dir", str(workdir / "l"), "--bind", "tcp://127.0.0.1:*", "--keys-dir",
+              str(keys))
+    assert ran.returncode == 2 and len(ran.stderr.splitlines()) == 1, ran.stderr
+    assert "clients/bad.key" in ran.stderr and "Traceback" not in ran.stderr
+    bad.unlink()
+    (keys / "clients" / "dir.key").mkdir()
+    ran = run("persist-daemon", "--log-dir", str(workdir / "l"), "--bind", "tcp://127.0.0.1:*", "--keys-dir",
+              str(keys))
+    assert ran.returncode == 2 and "clients/dir.key" in ran.stderr and len(ran.stderr.splitlines()) == 1, ran.stderr
+    (keys / "clients" / "dir.key").rmdir()
+
+    daemon = Daemon(log_dir, "--bind", "tcp://127.0.0.1:*", "--keys-dir", str(keys)).start()
+    try:
+        assert daemon.status()["curve"]["allow"] == 1
+        bad.write_text("public-key = nope\n")  # there, but not a 40-character z85 key
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "allow_list_unreadable" in daemon.errors(), what="the SIGHUP's one line")
+        said = [line for line in daemon.errors().splitlines() if "allow_list_unreadable" in line]
+        assert len(said) == 1 and "clients/bad.key" in said[0] and "old allow-list" in said[0], said
+        assert daemon.proc.poll() is None and daemon.status()["curve"]["allow"] == 1, "alive, the old list in force"
+        bad.unlink()
+        daemon.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert daemon.status()["curve"]["allow"] == 1
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.kill9()
+
+
+def test_an_authenticator_that_cannot_read_its_list_leaves_no_thread(workdir, keys, ctx):
+    from persist.daemon.curve import Authenticator
+
+    (keys / "clients" / "bad.key").write_text("garbage\n")
+    before = threading.active_count()
+    with pytest.raises(CurveError, match=r"clients/bad\.key"):
+        Authenticator(ctx, keys, False)
+    assert eventually(lambda: threading.active_count() == before), "the ZAP thread was stopped"
+
+
+def test_replay_that_cannot_bind_stops_its_zap_thread(workdir, keys, ctx):
+    from persist.daemon.config import CurveSection
+    from persist.daemon.replay import open_socket
+
+    taken = ctx.socket(zmq.PUB)
+    taken.setsockopt(zmq.LINGER, 0)
+    taken.bind("tcp://127.0.0.1:*")
+    endpoint = taken.getsockopt_string(zmq.LAST_ENDPOINT)
+    before = threading.active_count()
+    with pytest.raises(zmq.ZMQError):
+        open_socket(ctx, endpoint, True, CurveSection(enabled=True, keys_dir=str(keys)))
+    assert eventually(lambda: threading.active_count() == before), "the ZAP thread was stopped"
+    taken.close()
+
+
+def test_a_curve_server_with_no_zap_handler_admits_nobody(workdir, keys, ctx):
+    """ZAP_ENFORCE_DOMAIN: without it libzmq lets any valid key in when no ZAP handler answers."""
+    from persist.daemon.curve import server_keys
+
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    server_keys(keys).serve(sub)
+    assert sub.getsockopt(zmq.ZAP_ENFORCE_DOMAIN) == 1
+    sub.bind("tcp://127.0.0.1:*")
+    pub = plain_pub(ctx, sub.getsockopt_string(zmq.LAST_ENDPOINT), keys)  # a key on the list, even
+    hammer(pub, [b"agent.chat", b"x"], 1.0)
+    assert not sub.poll(200), "nothing gets through with no ZAP handler to say yes"
+    pub.close()
+    sub.close()
+
+
+def test_the_broker_reads_its_allow_list_again_on_sighup(workdir, log_dir, keys, ctx):
+    stranger_dir = stranger_keys(workdir, keys)
+    broker = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", "--keys-dir", str(keys))
+    daemon = Daemon(log_dir, "--connect", broker.backend, "--keys-dir", str(keys))
+    try:
+        daemon.start()
+        (keys / "clients" / "bad.key").mkdir()
+        broker.proc.send_signal(signal.SIGHUP)
+        said = read_until(broker.proc.stderr.fileno(), "stays in force")
+        assert "clients/bad.key" in said and broker.proc.poll() is None, said
+        (keys / "clients" / "bad.key").rmdir()
+        (keys / "clients" / "stranger.key").write_bytes((stranger_dir / "client.key").read_bytes())
+        broker.proc.send_signal(signal.SIGHUP)
+        assert "2 key(s) on the allow-list" in read_until(broker.proc.stderr.fileno(), "on the allow-list")
+        stranger = plain_pub(ctx, broker.frontend, stranger_dir)
+        wait_for(lambda: hammer(stranger, [b"agent.chat", b"AFTER-SIGHUP"], 0.1) or daemon.user_records(),
+                 what="the stranger's message through the broker once its key is on the list")
+        stranger.close()
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.kill9()
+        broker.kill()
