@@ -367,3 +367,29 @@ def test_a_long_text_is_searched_in_windows_and_nothing_at_an_edge_is_missed():
     assert gh not in out and long_token[8:][-40:] not in out and "BEGIN RSA" not in out and "END RSA" not in out
     assert [n["rule"] for n in notes] == ["private-key"] + ["github-token"] * 4 + ["openai-project-key"]
     assert out.endswith("[REDACTED:openai-project-key] end")
+
+
+# --- JSON keys --------------------------------------------------------------------------
+
+def test_a_secret_used_as_a_json_key_is_redacted_and_never_copied_into_at():
+    gh, gh2 = "ghp_" + rs(ALNUM, 36), "ghp_" + rs(ALNUM, 36)
+    found = redact([b"agent.chat", orjson.dumps({"tokens": {gh: gh, gh2: "second", "plain": 1}})])
+    out = found.message.payload
+    assert gh.encode() not in out and gh2.encode() not in out and gh[4:16].encode() not in out
+    value = orjson.loads(out)  # JSON stays JSON, and two keys that redact alike both keep their value
+    assert value == {"tokens": {"[REDACTED:github-token]": "[REDACTED:github-token]",
+                                "[REDACTED:github-token]#2": "second", "plain": 1}}
+    notes = orjson.dumps(found.notes).decode()
+    assert gh not in notes and gh2 not in notes and gh[4:16] not in notes
+    assert [n["at"] for n in found.notes] == ["payload.tokens.[REDACTED:github-token]"] * 2 + [
+        "payload.tokens.[REDACTED:github-token]#2"]
+
+
+def test_a_long_key_is_not_copied_into_every_note():
+    gh = "ghp_" + rs(ALNUM, 36)
+    payload = orjson.dumps({"k" * 100_000: [gh] * 100})
+    found = redact([b"agent.chat", payload])
+    assert gh.encode() not in found.message.payload
+    assert all(len(n.get("at", "")) <= 200 for n in found.notes)
+    assert found.notes[0]["at"].endswith("…")
+    assert len(orjson.dumps(found.notes)) < 60_000, "the notes stay small: the key is not repeated per hit"

@@ -18,12 +18,14 @@ What is replaced, and how a record stays a record:
 
 * a JSON frame is searched string by string (decoded, so escapes are no
   hiding place; a value is seen with its key, so ``"aws_secret_access_key":
-  "…"`` is found) and written back as JSON (``orjson``); UTF-8 text is
+  "…"`` is found; keys are searched too, and a secret used as a key is
+  written back redacted, ``#2``, ``#3``… added when two keys would then be
+  one) and written back as JSON (``orjson``); UTF-8 text is
   searched as text, anything else byte by byte (as Latin-1): JSON stays JSON,
   text stays text;
 * each secret becomes ``[REDACTED:<rule id>]``; ``meta.redacted`` lists
   ``{"rule", "at", "fp"}`` per secret (``at``: ``topic``, ``payload``,
-  ``payload.key[2]``, ``extra[0]``…), never the secret;
+  ``payload.key[2]``, ``extra[0]``…, at most 200 characters), never the secret;
 * ``fp`` is a keyed fingerprint: the first 12 hex digits of
   HMAC-SHA256(``<log-dir>/redact.key``, secret). The same secret has the same
   fingerprint across records (which key leaked where, which to rotate) and
@@ -58,10 +60,16 @@ from persist.daemon.redact.rules import Allowlist, Rule, RuleError, builtin, fro
 TOKEN = 20  # characters: the shortest built-in secret (an AWS access key id)
 MAX_NOTES = 100  # meta.redacted entries kept per record; a "more" entry counts the rest
 KEY_FILE = "redact.key"
+AT_MAX = 200  # characters of a note's "at" path; a longer one is cut, ending in "…"
 _TOKEN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-+/=%\\"
 # every byte to b"x" (a token character), b"y" (@ or ~: gates of their own) or b" "
 _GATE = bytes(ord("x") if bytes([i]) in _TOKEN_CHARS else ord("y") if bytes([i]) in b"@~" else 32 for i in range(256))
 _RUN = b"x" * TOKEN
+
+
+def _at(path: str) -> str:
+    """``path`` as a note's ``at`` says it: at most ``AT_MAX`` characters (a 100 KB key is not copied per hit)."""
+    return path if len(path) <= AT_MAX else path[: AT_MAX - 1] + "…"
 
 
 def marker(rule_id: str) -> str:
@@ -247,9 +255,21 @@ class Redactor:
         if kind is str:
             return self.text(value, where, notes, key, rules)
         if kind is dict:
-            return {k: self._json(v, f"{where}.{k}", notes, k, rules) for k, v in value.items()}
+            out: dict[Any, Any] = {}
+            for k, v in value.items():
+                name, mark = k, len(notes)
+                if type(k) is str:
+                    name = self.text(k, where, notes, None, rules)
+                if name is not k:  # a secret used as a key: written back redacted; it stays a key of its own
+                    base, n = name, 2
+                    while name in out or name in value:
+                        name, n = f"{base}#{n}", n + 1
+                    for note in notes[mark:]:
+                        note["at"] = _at(f"{where}.{name}")
+                out[name] = self._json(v, _at(f"{where}.{name}"), notes, k, rules)
+            return out
         if kind is list:
-            return [self._json(v, f"{where}[{i}]", notes, None, rules) for i, v in enumerate(value)]
+            return [self._json(v, _at(f"{where}[{i}]"), notes, None, rules) for i, v in enumerate(value)]
         return value
 
     def text(self, text: str, where: str, notes: list[dict[str, Any]], key: str | None = None,
