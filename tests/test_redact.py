@@ -393,3 +393,20 @@ def test_a_long_key_is_not_copied_into_every_note():
     assert all(len(n.get("at", "")) <= 200 for n in found.notes)
     assert found.notes[0]["at"].endswith("…")
     assert len(orjson.dumps(found.notes)) < 60_000, "the notes stay small: the key is not repeated per hit"
+
+
+def test_json_escapes_hide_nothing_from_the_gate_or_the_keyword_shortlist():
+    """``\\u0040`` for ``@`` and ``\\u0070`` for ``p``: the raw bytes show neither the shape nor the keyword."""
+    gh = "ghp_" + rs(ALNUM, 36)
+    escaped_gh = gh.replace("p", "\\u0070", 1)
+    for raw, secret, rule in [(b'{"url":"postgres://bob:hunter2pw\\u0040db.internal/prod"}', "hunter2pw", "url-password"),
+                              (b'{"t":"' + escaped_gh.encode() + b'"}', gh, "github-token"),
+                              (b'["x", {"k": "' + escaped_gh.encode() + b'"}]', gh, "github-token")]:
+        assert b"\\u" in raw
+        for frames in ([b"agent.chat", raw], [b"agent.chat", b"{}", raw]):
+            found = redact(frames)
+            assert found is not None, raw
+            out = b"".join(found.message.frames[1:])
+            assert secret.encode() not in out and secret[4:].encode() not in out and escaped_gh.encode() not in out
+            assert [n["rule"] for n in found.notes] == [rule]
+    assert redact([b"agent.chat", b'{"text":"caf\\u00e9 and nothing secret"}']) is None

@@ -10,7 +10,9 @@ substring searches clear a message with none. Rules from the config or a
 gitleaks file are gated by their own keywords (one substring search each, on
 the lowercased frame), as gitleaks does. A message past the gate (a uuid, a
 path or a hash gets there too) is shortlisted once: only the rules whose
-keywords appear in it, lowercased, go on (``rules_for``). Only then is a
+keywords appear in it, lowercased, go on (``rules_for``). A JSON frame that
+holds a ``\\u`` escape is seen by the gate and the shortlist with its strings
+decoded after it (``gh\\u0070_…`` is ``ghp_…``, ``\\u0040`` an ``@``). Only then is a
 frame decoded and searched string by string, rule by rule (each rule's
 keywords in that string, then its regex).
 
@@ -65,6 +67,22 @@ _TOKEN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_
 # every byte to b"x" (a token character), b"y" (@ or ~: gates of their own) or b" "
 _GATE = bytes(ord("x") if bytes([i]) in _TOKEN_CHARS else ord("y") if bytes([i]) in b"@~" else 32 for i in range(256))
 _RUN = b"x" * TOKEN
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string in a decoded JSON value, keys included (depth-first, without recursion)."""
+    out, todo = [], [value]
+    while todo:
+        v = todo.pop()
+        kind = type(v)
+        if kind is str:
+            out.append(v)
+        elif kind is dict:
+            out.extend(k for k in v if type(k) is str)
+            todo.extend(v.values())
+        elif kind is list:
+            todo.extend(v)
+    return out
 
 
 def _at(path: str) -> str:
@@ -164,10 +182,14 @@ class Redactor:
 
     def message(self, msg: Message) -> Found | None:
         """``msg`` with its secrets replaced and what was replaced; None when nothing was."""
-        frames = msg.frames
+        frames = views = msg.frames
         look = self.worth_a_look
+        for f in frames:
+            if b"\\u" in f:  # a JSON escape (gh\u0070_…) hides a secret's shape from the gate and its keywords
+                views = self._views(msg)
+                break
         if self.only_gated:  # the built-ins alone: the gate inlined, as this is every message's cost
-            for f in frames:
+            for f in views:
                 if len(f) >= TOKEN:
                     shape = f.translate(_GATE)
                     if _RUN in shape or b"y" in shape:
@@ -177,19 +199,19 @@ class Redactor:
             else:
                 return None
         else:
-            for f in frames:
+            for f in views:
                 if look(f):
                     break
             else:
                 return None
-        rules = self.rules_for(frames)
+        rules = self.rules_for(views)
         if not rules:
             return None
         notes: list[dict[str, Any]] = []
         out = list(frames)
         payload_at = 0 if len(frames) == 1 else 1
         for i, frame in enumerate(frames):
-            if not look(frame):
+            if not look(views[i]):
                 continue
             where = "topic" if i < payload_at else "payload" if i == payload_at else f"extra[{i - payload_at - 1}]"
             value = msg.value if i == payload_at else NOT_JSON
@@ -202,6 +224,27 @@ class Redactor:
         if len(notes) > MAX_NOTES:
             notes = notes[:MAX_NOTES] + [{"more": len(notes) - MAX_NOTES}]
         return Found(Message.from_frames(out, msg.received_ns), notes)
+
+    def _views(self, msg: Message) -> list[bytes]:
+        """What the gate and the shortlist look at: each frame, and for a JSON frame holding a ``\\u`` escape,
+        its strings (keys and values) decoded after it, so an escaped secret is seen as it will be searched."""
+        frames = msg.frames
+        payload_at = 0 if len(frames) == 1 else 1
+        out = list(frames)
+        for i, f in enumerate(frames):
+            if i < payload_at or b"\\u" not in f or f[:1] not in (b"{", b"[", b'"'):
+                continue
+            value = msg.value if i == payload_at else NOT_JSON
+            if value is NOT_JSON:
+                try:
+                    value = orjson.loads(f)
+                except orjson.JSONDecodeError:
+                    continue
+            if value is TOO_DEEP_JSON:
+                continue
+            strings = "\x00".join(_strings(value))
+            out[i] = f + b"\x00" + strings.encode("utf-8", "surrogatepass")
+        return out
 
     def rules_for(self, frames: list[bytes]) -> list[Rule]:
         """The rules that may find something in ``frames``: those whose keywords appear (lowercased) in one of
