@@ -14,7 +14,7 @@ from persist.daemon.log import lock
 def _redactor(cfg, log, rules_file: str | None, enable: tuple[str, ...]):
     """The rules of ``[redact]`` (whether or not it is enabled), plus ``--rules-file`` and ``--enable``; the log
     dir's fingerprint key if it has one (so fingerprints match ``meta.redacted``)."""
-    from persist.daemon.redact import Redactor, fingerprint_key, load_rules
+    from persist.daemon.redact import KeyFileError, Redactor, fingerprint_key, load_rules
     from persist.daemon.redact.rules import OPT_IN, RuleError, from_gitleaks
 
     for ident in enable:
@@ -31,7 +31,10 @@ def _redactor(cfg, log, rules_file: str | None, enable: tuple[str, ...]):
             allow = allow or more_allow
     except RuleError as exc:
         raise UsageError(f"{exc.key}: {exc.problem}") from None
-    key = fingerprint_key(log.root, create=False) if log.root.is_dir() else None
+    try:
+        key = fingerprint_key(log.root, create=False) if log.root.is_dir() else None
+    except KeyFileError as exc:
+        raise Failure(str(exc)) from None
     return Redactor(rules, allow, key)
 
 

@@ -111,7 +111,10 @@ def record(cfg: config.Config, reload, launched: bool = False) -> int:
         fail(1, str(exc))
     except OSError as exc:
         fail(1, f"cannot use log dir {cfg.log_dir}: {exc.strerror}; choose a writable --log-dir")
-    recorder = Recorder(cfg, reload, launched)
+    try:
+        recorder = Recorder(cfg, reload, launched)
+    except redact.KeyFileError as exc:
+        fail(1, str(exc))
     try:
         write_atomically(log_dir.pid_file, f"{os.getpid()}\n".encode())
         restore.finish_interrupted(log_dir)  # an in-place restore a crash cut short

@@ -410,3 +410,45 @@ def test_json_escapes_hide_nothing_from_the_gate_or_the_keyword_shortlist():
             assert secret.encode() not in out and secret[4:].encode() not in out and escaped_gh.encode() not in out
             assert [n["rule"] for n in found.notes] == [rule]
     assert redact([b"agent.chat", b'{"text":"caf\\u00e9 and nothing secret"}']) is None
+
+
+# --- the fingerprint key ------------------------------------------------------------------
+
+def test_the_fingerprint_key_is_made_whole_or_not_at_all_and_a_short_one_is_refused(tmp_path, monkeypatch):
+    import threading
+
+    from persist.daemon.log import fsutil
+    from persist.daemon.redact import KeyFileError, fingerprint_key
+    from procs import run
+
+    root = tmp_path / "logs"
+    root.mkdir()
+
+    def crash(fd, data):  # the process dies between creating the key file and writing it
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(fsutil, "write_all", crash)
+        with pytest.raises(OSError):
+            fingerprint_key(root)
+    assert list(root.iterdir()) == [], "no empty redact.key, no temporary file"
+    got: list[bytes] = []
+    threads = [threading.Thread(target=lambda: got.append(fingerprint_key(root))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(got)) == 1 and len(got[0]) == 32, "one key, whoever made it"
+    assert [p.name for p in root.iterdir()] == ["redact.key"]
+
+    (root / "redact.key").write_bytes(b"")
+    with pytest.raises(KeyFileError, match=r"redact\.key holds 0 bytes"):
+        fingerprint_key(root)
+    cfg = tmp_path / "persist.toml"
+    cfg.write_text("[redact]\nenabled = true\n")
+    ran = run("persist-daemon", "--config", str(cfg), "--log-dir", str(root), "--connect", "tcp://127.0.0.1:9")
+    assert ran.returncode == 1 and len(ran.stderr.splitlines()) == 1, ran.stderr
+    assert "redact.key holds 0 bytes" in ran.stderr and "Traceback" not in ran.stderr
+    (tmp_path / "paste.txt").write_text("nothing\n")
+    check = cli(root, "redact", "--check", str(tmp_path / "paste.txt"))
+    assert check.returncode == 1 and "redact.key holds 0 bytes" in check.stderr, check.stderr

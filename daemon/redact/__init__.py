@@ -62,6 +62,7 @@ from persist.daemon.redact.rules import Allowlist, Rule, RuleError, builtin, fro
 TOKEN = 20  # characters: the shortest built-in secret (an AWS access key id)
 MAX_NOTES = 100  # meta.redacted entries kept per record; a "more" entry counts the rest
 KEY_FILE = "redact.key"
+KEY_BYTES = 32
 AT_MAX = 200  # characters of a note's "at" path; a longer one is cut, ending in "…"
 _TOKEN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-+/=%\\"
 # every byte to b"x" (a token character), b"y" (@ or ~: gates of their own) or b" "
@@ -123,26 +124,52 @@ def user_rules(tables: list[dict[str, Any]]) -> list[Rule]:
     return rules
 
 
+class KeyFileError(ValueError):
+    """``redact.key`` is there but is not a fingerprint key (the message names the file and the way out)."""
+
+
 def fingerprint_key(root: Path, create: bool = True) -> bytes | None:
-    """The log dir's fingerprint key (32 random bytes in ``redact.key``, 0600), made on first use."""
-    from persist.daemon.log.fsutil import open_private, read_private, write_all
+    """The log dir's fingerprint key (``KEY_BYTES`` random bytes in ``redact.key``, 0600), made on first use.
+
+    Made whole or not at all: written and fsynced under a temporary name, then linked to ``redact.key``
+    (atomic, and refused if another process made one meanwhile: that one is used) and the directory
+    fsynced, so a crash never leaves an empty key. A key of another length is ``KeyFileError``: an empty
+    key would make every fingerprint an unkeyed hash."""
+    from persist.daemon.log.fsutil import fsync_dir, open_private, write_all
 
     path = root / KEY_FILE
     try:
-        return read_private(path)
+        return _read_key(path)
     except FileNotFoundError:
         if not create:
             return None
-    key = os.urandom(32)
+    key = os.urandom(KEY_BYTES)
+    tmp = root / f".{KEY_FILE}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
-        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    except FileExistsError:  # made meanwhile by another process: use that one
-        return read_private(path)
-    try:
-        write_all(fd, key)
-        os.fsync(fd)
+        try:
+            write_all(fd, key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # made meanwhile by another process: use that one
+            return _read_key(path)
     finally:
-        os.close(fd)
+        os.unlink(tmp)
+    fsync_dir(root)
+    return key
+
+
+def _read_key(path: Path) -> bytes:
+    from persist.daemon.log.fsutil import read_private
+
+    key = read_private(path)
+    if len(key) != KEY_BYTES:
+        raise KeyFileError(f"{path} holds {len(key)} bytes, not a {KEY_BYTES}-byte fingerprint key (a crash while "
+                           "it was made?); if no record has a fingerprint made with it yet, remove it and a new one "
+                           "is made")
     return key
 
 
