@@ -213,11 +213,52 @@ def test_redact_apply_refuses_while_a_daemon_holds_the_lock_and_respects_the_ran
 
 
 def test_destroy_overwrites_the_bytes_before_it_unlinks(tmp_path):
-    path, witness = tmp_path / "old", tmp_path / "witness"
+    path = tmp_path / "old"
     path.write_bytes(b"secret " * 1000)
-    os.link(path, witness)  # another name for the same blocks
+    witness = os.open(path, os.O_RDONLY)  # the inode, seen after its only name is gone
+    try:
+        apply.destroy(path)
+        assert not path.exists() and os.pread(witness, 8000, 0) == bytes(7000)
+    finally:
+        os.close(witness)
+
+
+def test_destroy_leaves_a_hard_linked_backup_its_bytes_and_says_so(tmp_path, capsys):
+    path, backup = tmp_path / "old", tmp_path / "backup"
+    path.write_bytes(b"secret " * 1000)
+    os.link(path, backup)  # cp -l: a backup sharing the inode
     apply.destroy(path)
-    assert not path.exists() and witness.read_bytes() == bytes(7000)
+    assert not path.exists() and backup.read_bytes() == b"secret " * 1000, "not zeroed under the backup's name"
+    said = [line for line in capsys.readouterr().err.splitlines() + capsys.readouterr().out.splitlines()
+            if "redact_old_bytes_kept" in line]
+    assert len(said) == 1 and str(path) in said[0], said
+
+
+def test_an_interrupted_apply_is_finished_without_rebuilding_the_index(leaky, monkeypatch):
+    """A daemon finishes it before it says READY: the index is destroyed, and made again by the next search."""
+    import importlib
+
+    from persist.daemon.index import files, index_path
+
+    rebuild_module = importlib.import_module("persist.daemon.index.rebuild")
+    log = leaky.log
+    assert cli(log.root, "search", "plain").returncode == 0 and index_path(log).exists()
+    redactor = Redactor(builtin(), key=b"k" * 32)
+    with lock.held(log):
+        apply.close_active(log, None, None)
+        steps = apply.plan(log, redactor, None, None)
+        (log.root / apply.INTENT).write_bytes(orjson.dumps(steps))  # then the crash
+
+        def no_rebuild(*_a, **_k):
+            raise AssertionError("a whole index rebuild while finishing the apply")
+
+        monkeypatch.setattr(rebuild_module, "rebuild", no_rebuild)
+        assert apply.finish_interrupted(log)["records"] == 5
+    assert not any(p.exists() for p in files(index_path(log)))
+    monkeypatch.undo()
+    found = cli(log.root, "search", "plain", "--json")
+    assert found.returncode == 0 and "plain again" in found.stdout, found.stdout + found.stderr
+    assert secret_free(log.root) == []
 
 
 def test_stop_daemon_redacts_what_a_running_daemon_recorded_and_starts_it_again(recorder, log_dir):

@@ -343,29 +343,38 @@ def swap(final: Path, new: Path, old: Path) -> None:
 
 
 def destroy(path: Path) -> None:
-    """Overwrite ``path`` with zeros, fsync, unlink: its bytes are not left in the free blocks of the disk."""
+    """Overwrite ``path`` with zeros, fsync, unlink: its bytes are not left in the free blocks of the disk.
+
+    Only a file no other name shares: one with hard links elsewhere (a backup made with ``cp -l``) is only
+    unlinked, and one line says the other name keeps the old bytes."""
     fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        left = os.fstat(fd).st_size
-        zeros = bytes(min(CHUNK, left))
-        while left:
-            n = os.write(fd, zeros[: min(len(zeros), left)])
-            left -= n
-        os.fsync(fd)
+        st = os.fstat(fd)
+        if st.st_nlink != 1:
+            log_.warning("redact_old_bytes_kept", file=str(path), links=st.st_nlink,
+                         hint="another hard link to this file keeps the old bytes: find it (find -samefile) "
+                              "and remove it")
+        else:
+            left = st.st_size
+            zeros = bytes(min(CHUNK, left))
+            while left:
+                n = os.write(fd, zeros[: min(len(zeros), left)])
+                left -= n
+            os.fsync(fd)
     finally:
         os.close(fd)
     path.unlink()
 
 
 def forget_index(log: LogDir) -> None:
-    """Step 4: the search index's files (the secrets' words, the old offsets) destroyed, then built again."""
+    """Step 4: the search index's files (the secrets' words, the old offsets) destroyed. Not built again here:
+    it is derived data, and the indexer or the next search (``open_complete``) makes it again, so a daemon
+    finishing an interrupted apply at its start is not held up for a whole rebuild."""
     from persist.daemon.index import files, index_path
-    from persist.daemon.index.rebuild import rebuild
 
     for p in files(index_path(log)):
         if p.exists():
             destroy(p)
-    rebuild(log)
 
 
 def _record_once(log: LogDir, lineage: dict[str, Any]) -> int:
