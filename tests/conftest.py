@@ -104,3 +104,15 @@ def recorder(start_daemon, publish, workdir):
         return daemon, p
 
     return make
+
+
+def pytest_collection_finish(session):
+    """Under ``--dist loadgroup`` each worker's grouped tests carry ``@group`` in their ids; if a pytest or
+    pytest-xdist release stops doing that, the CPU-heavy tests (``procs.heavy``) would run beside each other and
+    fail on timing, so the run stops here with one line instead."""
+    if not hasattr(session.config, "workerinput") or not getattr(session.config.option, "loadgroup", False):
+        return
+    lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        raise pytest.UsageError(f"pytest-xdist did not group {len(lost)} test(s) such as {lost[0]} "
+                                "(--dist loadgroup): pin pytest/pytest-xdist to versions that do")
