@@ -83,7 +83,7 @@ def group(ctx, cfg, log, check, list_rules, rules_file, enable, as_json) -> None
         column = start - (text.rfind("\n", 0, start) + 1) + 1
         secret = text[start:end]
         found.append({"rule": rule, "line": line, "column": column, "length": len(secret),
-                      "preview": secret[:4] + "…", "fp": redactor.fingerprint(secret)})
+                      "preview": _preview(rule, secret), "fp": redactor.fingerprint(secret)})
     if as_json:
         json_lines(found)
     else:
@@ -93,6 +93,20 @@ def group(ctx, cfg, log, check, list_rules, rules_file, enable, as_json) -> None
         click.echo(f"{len(found)} secret(s) the rules would replace; {len(redactor.rules)} rules checked", err=True)
     if found:
         ctx.exit(1)
+
+
+def _preview(rule_id: str, secret: str) -> str:
+    """The public prefix a built-in token rule's secret starts with (``ghp_…``, ``sk-ant-…``); else ``…``: no
+    character of a password, a signature or a user rule's match is shown."""
+    from persist.daemon.redact.rules import SPECS
+
+    lower = secret.lower()
+    for spec in SPECS:
+        if spec.id == rule_id and spec.gate and not spec.opt_in:
+            for k in sorted(spec.keywords, key=len, reverse=True):
+                if k[-1] in "-_." and lower.startswith(k):
+                    return secret[: len(k)] + "…"
+    return "…"
 
 
 def _list(cfg, as_json: bool) -> None:

@@ -285,3 +285,13 @@ def test_stop_daemon_redacts_what_a_running_daemon_recorded_and_starts_it_again(
     finally:
         os.kill(pid, signal.SIGTERM)
         wait_for(lambda: process_gone(pid), what="the restarted daemon to stop")
+
+
+def test_redact_check_previews_only_a_public_prefix(tmp_path):
+    paste = tmp_path / "paste.txt"
+    paste.write_text(f"db postgres://app:hunter2pw@db.internal/prod and {GH} and {ANT}\n")
+    ran = cli(tmp_path / "logs", "redact", "--check", str(paste), "--json")
+    assert ran.returncode == 1
+    previews = {f["rule"]: f["preview"] for f in map(orjson.loads, ran.stdout.splitlines())}
+    assert previews == {"url-password": "…", "github-token": "ghp_…", "anthropic-api-key": "sk-ant-…"}, previews
+    assert "hunt" not in ran.stdout
