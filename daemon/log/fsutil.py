@@ -141,3 +141,16 @@ def write_atomically(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)  # a full disk must not keep what it could not finish
         raise
     fsync_dir(path.parent)
+
+
+def read_intent(path: Path, error: type[Exception]) -> dict | None:
+    """The steps a crash-safe change wrote before making it (``restore.intent``, ``redact.intent``), or None if
+    there are none; an unreadable one is ``error``, one line saying what to do."""
+    import orjson
+
+    try:
+        return orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except orjson.JSONDecodeError as exc:
+        raise error(f"{path} cannot be read ({exc}); move it away and run persist-cli verify") from None

@@ -27,7 +27,15 @@ import orjson
 
 from persist.daemon.log import checkpoints, lock, reader, render, restart, retention, select
 from persist.daemon.log.errors import RestoreError
-from persist.daemon.log.fsutil import DIR_MODE, create_new, ensure_dir, fsync_dir, write_all, write_atomically
+from persist.daemon.log.fsutil import (
+    DIR_MODE,
+    create_new,
+    ensure_dir,
+    fsync_dir,
+    read_intent,
+    write_all,
+    write_atomically,
+)
 from persist.daemon.log.layout import ACTIVE, LogDir
 from persist.daemon.log.lazylog import get_logger
 from persist.daemon.log.record import encode, is_system, system_message
@@ -198,13 +206,9 @@ def _start_again(log: LogDir, started: restart.Started | None, wanted: bool) -> 
 
 def finish_interrupted(log: LogDir) -> dict[str, Any] | None:
     """Finish an in-place restore a crash cut short (its ``restore.intent``); None if there was none."""
-    path = log.root / INTENT
-    try:
-        steps = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
+    steps = read_intent(log.root / INTENT, RestoreError)
+    if steps is None:
         return None
-    except orjson.JSONDecodeError as exc:
-        raise RestoreError(f"{path} cannot be read ({exc}); move it away and run persist-cli verify") from None
     log_.warning("restore_resumed", checkpoint=steps["checkpoint"], archive=steps["archived_to"])
     return carry_out(log, steps)
 

@@ -49,7 +49,7 @@ import orjson
 
 from persist.daemon.log import checkpoints, lock, reader, restart
 from persist.daemon.log.entry import Segment, entry
-from persist.daemon.log.fsutil import create_new, fsync_dir, write_all, write_atomically
+from persist.daemon.log.fsutil import create_new, fsync_dir, read_intent, write_all, write_atomically
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.lazylog import get_logger
 from persist.daemon.log.record import Message, decode_frames, encode, is_system, system_message
@@ -302,13 +302,9 @@ def apply(log: LogDir, redactor: Redactor, since: str | None, until: str | None)
 
 def finish_interrupted(log: LogDir) -> dict[str, Any] | None:
     """Finish a ``redact apply`` a crash cut short (its ``redact.intent``); None if there was none."""
-    path = log.root / INTENT
-    try:
-        steps = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
+    steps = read_intent(log.root / INTENT, RedactApplyError)
+    if steps is None:
         return None
-    except orjson.JSONDecodeError as exc:
-        raise RedactApplyError(f"{path} cannot be read ({exc}); move it away and run persist-cli verify") from None
     log_.warning("redact_resumed", change=steps["change"], segments=steps["segments"])
     return carry_out(log, steps)
 
