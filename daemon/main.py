@@ -17,6 +17,7 @@ from persist.daemon import config, curve, logs, redact
 from persist.daemon.bus import BusError
 from persist.daemon.control import ControlError
 from persist.daemon.log import lock, restore
+from persist.daemon.log.errors import RestoreError
 from persist.daemon.log.fsutil import NotOurs, write_atomically
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.lazylog import get_logger
@@ -122,7 +123,7 @@ def record(cfg: config.Config, reload, launched: bool = False) -> int:
         recorder.start()
         recorder.run()
         return 0
-    except (BusError, ControlError) as exc:
+    except (BusError, ControlError, RestoreError, redact_apply.RedactApplyError) as exc:
         log.error("cannot_start", error=str(exc))
         click.echo(f"persist-daemon: {exc}", err=True)
         return 1

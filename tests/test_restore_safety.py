@@ -139,3 +139,14 @@ def test_an_unreadable_manifest_does_not_stop_the_daemon_and_verify_names_it(for
     assert daemon.stop() == 0
     result = cli(forked.root, "verify")
     assert result.returncode == 1 and "garbage.json cannot be read" in result.stdout
+
+
+@pytest.mark.parametrize("intent", ["restore.intent", "redact.intent"])
+def test_a_garbled_intent_stops_the_daemon_in_one_line_not_a_traceback(forked, intent):
+    (forked.root / intent).write_bytes(b"\x00 not json")
+    result = subprocess.run([sys.executable, "-m", "persist.daemon", "--log-dir", str(forked.root),
+                             "--connect", "tcp://127.0.0.1:9", "--log-format", "json"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert f"{intent} cannot be read" in result.stderr and "move it away" in result.stderr
+    assert "Traceback" not in result.stderr and '"crashed"' not in result.stderr
