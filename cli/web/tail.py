@@ -25,7 +25,7 @@ from persist.daemon.log.reader import Entry
 from persist.daemon.log.record import is_system
 from persist.daemon.log.watch import watch
 
-POLL = 0.5  # seconds between reads when no change was noticed
+POLL = 0.1  # seconds between reads when no change was noticed (watchdog may hold an event up to 0.5 s)
 MAX_QUEUE = 20000  # records waiting for one subscriber before it is dropped
 RATE_WINDOW = 120  # seconds the sparkline spans
 PREFILL = 50000  # records read back from the tail at start to fill the sparkline
