@@ -212,7 +212,9 @@ class Redactor:
         frames = views = msg.frames
         look = self.worth_a_look
         for f in frames:
-            if b"\\u" in f:  # a JSON escape (gh\u0070_…) hides a secret's shape from the gate and its keywords
+            # a JSON escape (gh\u0070_…) hides a secret's shape from the gate and its keywords; a one-byte search
+            # first (memchr), as a two-byte one costs four times as much and this runs for every frame
+            if b"\\" in f and b"\\u" in f:
                 views = self._views(msg)
                 break
         if self.only_gated:  # the built-ins alone: the gate inlined, as this is every message's cost
