@@ -7,20 +7,20 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import threading
 import time
 
 import orjson
 import pytest
 import zmq
-
 from libdir import Built, cli, run_cli
+from procs import process_gone, run, wait_for
+from test_search import replay_into
+
 from persist.daemon.log import checkpoints, lock, reader
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.record import decode_frames, is_exact, is_system
 from persist.daemon.redact import Redactor, apply
 from persist.daemon.redact.rules import builtin
-from procs import process_gone, run, wait_for
 
 GH = "ghp_" + "Zq7Lm2Nx8Rt4Vb6Yc1Wd3Hf5Jk9Ps0Ta2Ue4"
 AWS = "AKIA" + "QX7ZL2MN4RT6VB3Y"
@@ -130,39 +130,15 @@ def test_redact_apply_rewrites_closed_segments_and_verify_restore_and_replay_see
     assert cli(log.root, "search", GH[:12]).returncode == 1, "the index forgot the secret"
     assert cli(log.root, "search", "REDACTED").returncode == 0
 
-    replayed, got = replay_into(log.root, "--as-fast", "--json")
+    ctx = zmq.Context()
+    try:
+        replayed, got = replay_into(ctx, log.root, "--as-fast", "--json")
+    finally:
+        ctx.destroy(linger=0)
     assert replayed.returncode == 0, replayed.stderr
     assert orjson.loads(replayed.stdout)["redacted"] == 5
     assert got == [e.frames() for e in after.values() if not is_system(e.rec)]
     assert not any(s.encode() in f for frames in got for f in frames for s in SECRETS)
-
-
-def replay_into(log_dir, *args) -> tuple:
-    """``persist-cli replay ARGS`` into a bound SUB socket of ours that a thread keeps serving (a bound socket
-    only subscribes while someone uses it); the run's result and the messages that arrived."""
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    port = sub.bind_to_random_port("tcp://127.0.0.1")
-    got, finished = [], threading.Event()
-
-    def receive():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if sub.poll(300):
-                got.append(sub.recv_multipart())
-            elif finished.is_set():
-                return
-
-    t = threading.Thread(target=receive)
-    t.start()
-    try:
-        result = cli(log_dir, "replay", *args, "--to", f"tcp://127.0.0.1:{port}")
-    finally:
-        finished.set()
-        t.join()
-        ctx.destroy(linger=0)
-    return result, got
 
 
 def test_redact_apply_killed_after_its_intent_is_finished_by_recover_and_recorded_once(leaky):
