@@ -211,3 +211,35 @@ def test_hostile_requests_get_an_answer_not_a_traceback(built):
         assert "Traceback" not in s.errors()
     finally:
         s.stop()
+
+
+def test_the_live_tail_reads_on_after_a_failed_read(tmp_path, monkeypatch):
+    import asyncio
+
+    from persist.cli.web import tail as tail_module
+    from persist.daemon.log import reader
+
+    b = Built(tmp_path / "logs")
+    b.send(b"agent.chat", b'{"text": "before"}')
+    monkeypatch.setattr(tail_module, "RETRY", 0.05)
+    real, failures = reader.lines, []
+
+    def flaky(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise OSError("the disk hiccuped")
+        return real(*args, **kwargs)
+
+    loop = asyncio.new_event_loop()
+    t = tail_module.LogTail(b.log)
+    try:
+        monkeypatch.setattr(tail_module.reader, "lines", flaky)
+        sub = t.subscribe(loop)
+        b.send(b"agent.chat", b'{"text": "after the hiccup"}')
+        got = loop.run_until_complete(sub.get(10))
+        assert failures and [e.rec["payload"]["text"] for e in got] == ["after the hiccup"]
+        assert t.error is None  # said while it lasted, gone once a read worked
+    finally:
+        t.stop()
+        loop.close()
+        b.close()

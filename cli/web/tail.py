@@ -21,6 +21,7 @@ from typing import Any
 
 from persist.daemon.log import reader, times
 from persist.daemon.log.layout import LogDir
+from persist.daemon.log.lazylog import get_logger
 from persist.daemon.log.reader import Entry
 from persist.daemon.log.record import is_system
 from persist.daemon.log.watch import watch
@@ -29,6 +30,8 @@ POLL = 0.1  # seconds between reads when no change was noticed (watchdog may hol
 MAX_QUEUE = 20000  # records waiting for one subscriber before it is dropped
 RATE_WINDOW = 120  # seconds the sparkline spans
 PREFILL = 50000  # records read back from the tail at start to fill the sparkline
+RETRY = 1.0  # seconds before the tail reads again after an error
+log = get_logger("persist.web")
 
 
 class Subscriber:
@@ -90,8 +93,19 @@ class Tail(ABC):
             if self.thread is not None:
                 return
             self._begin()
-            self.thread = threading.Thread(target=self._run, name="persist-web-tail", daemon=True)
+            self.thread = threading.Thread(target=self._follow, name="persist-web-tail", daemon=True)
             self.thread.start()
+
+    def _follow(self) -> None:
+        """``_run``, and again after any error (said in ``error`` and the server's log), until ``stopping``:
+        a live page must never go quiet for good because one read failed."""
+        while not self.stopping.is_set():
+            try:
+                self._run()
+            except Exception as exc:  # noqa: BLE001 - any failure of a read: say it, wait, read again
+                self.error = f"reading new records failed ({exc!r}); trying again"
+                log.warning("web_tail_error", error=repr(exc))
+                self.stopping.wait(RETRY)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -206,4 +220,5 @@ class LogTail(Tail):
                         self._hand_out(batch)
                         batch = []
             self._hand_out(batch)
+            self.error = None
             self.wake.wait(POLL)
