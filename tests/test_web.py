@@ -243,3 +243,28 @@ def test_the_live_tail_reads_on_after_a_failed_read(tmp_path, monkeypatch):
         t.stop()
         loop.close()
         b.close()
+
+
+def test_counts_kept_by_the_server_follow_a_log_made_again(tmp_path):
+    import shutil
+
+    from persist.cli.web.source import LogSource
+    from persist.daemon import index
+
+    def make(sender: str) -> Built:
+        shutil.rmtree(tmp_path / "logs", ignore_errors=True)
+        b = Built(tmp_path / "logs")
+        for i in range(5):
+            b.send(b"agent.chat", json.dumps({"sender": sender, "recipient": "ops", "thread_id": f"{sender}-t",
+                                              "text": f"hello {i}"}).encode())
+        b.close()
+        index.rebuild(b.log)
+        return b
+
+    b = make("ghp-looking-sender")
+    source = LogSource(b.log)
+    assert source.edges() == {("ghp-looking-sender", "ops"): 5}
+    assert [t["thread_id"] for t in source.threads(10)] == ["ghp-looking-sender-t"]
+    make("[REDACTED]")  # as after redact apply: the same seqs, other rows, the index made again
+    assert source.edges() == {("[REDACTED]", "ops"): 5}  # nothing of the old counts is kept
+    assert [t["thread_id"] for t in source.threads(10)] == ["[REDACTED]-t"]

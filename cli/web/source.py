@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from persist.daemon import index
-from persist.daemon.index.search import Filters, close_threads, search, with_records
+from persist.daemon.index.search import Filters, close_threads, identity, search, with_records
 from persist.daemon.log import checkpoints, reader, select
 from persist.daemon.log.layout import LogDir
 from persist.daemon.log.reader import Entry
@@ -120,8 +120,10 @@ class LogSource:
     tail: Any = None
     _edges: Counter = field(default_factory=Counter)
     _edges_upto: int = 0
+    _edges_of: Any = None  # search.identity of the index the edges were counted from
     _threads: dict[str, list] = field(default_factory=dict)  # thread → [first, last, turns, senders, newest seq]
     _threads_upto: int = 0
+    _threads_of: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -180,14 +182,14 @@ class LogSource:
         """``(sender, recipient) → messages``: who talks to whom (recipient None: to everyone), replays left out."""
         with self._lock, self.index(wait=0.5) as db:
             upto = index.position(db)[0]
-            if upto < self._edges_upto:  # a rebuilt or restored index: count again
+            if upto < self._edges_upto or identity(db, self._edges_upto) != self._edges_of:  # another index: again
                 self._edges, self._edges_upto = Counter(), 0
             for sender, recipient, n in db.execute(
                     "SELECT sender, recipient, count(*) FROM records WHERE seq > ? AND seq <= ? AND own = 0 "
                     "AND sender IS NOT NULL AND replay_of IS NULL GROUP BY sender, recipient",
                     (self._edges_upto, upto)):
                 self._edges[(sender, recipient)] += n
-            self._edges_upto = upto
+            self._edges_upto, self._edges_of = upto, identity(db, upto)
             return Counter(self._edges)
 
     def edge_rows(self, db: sqlite3.Connection, sender: str, recipient: str | None, limit: int) -> list[tuple[str, int]]:
@@ -210,7 +212,7 @@ class LogSource:
         records the first count takes seconds (``warm`` does it when the server starts), later ones milliseconds."""
         with self._lock, self.index(wait=0.5) as db:
             upto = index.position(db)[0]
-            if upto < self._threads_upto:  # a rebuilt or restored index: count again
+            if upto < self._threads_upto or identity(db, self._threads_upto) != self._threads_of:  # another index
                 self._threads, self._threads_upto = {}, 0
             for tid, first, last, turns, senders, newest in db.execute(
                     "SELECT thread_id, min(received_at), max(received_at), count(*), group_concat(DISTINCT sender), "
@@ -223,7 +225,7 @@ class LogSource:
                 else:
                     t[0], t[1], t[2], t[4] = min(t[0], first), max(t[1], last), t[2] + turns, max(t[4], newest)
                     t[3] |= names
-            self._threads_upto = upto
+            self._threads_upto, self._threads_of = upto, identity(db, upto)
             newest_first = sorted(self._threads.items(), key=lambda kv: -kv[1][4])[:limit]
         return [{"thread_id": tid, "first_at": first, "last_at": last, "turns": turns, "participants": sorted(names)}
                 for tid, (first, last, turns, names, _) in newest_first]

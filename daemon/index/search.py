@@ -173,7 +173,14 @@ def open_readonly(path) -> sqlite3.Connection | None:
     return db
 
 
-def _mark(db: sqlite3.Connection, seq: int) -> list[Any] | None:
+def identity(db: sqlite3.Connection, upto: int) -> tuple[Any, ...]:
+    """What tells whether counts made up to ``upto`` still hold: the index's oldest row and its row ``upto``
+    (both change when retention deletes, a restore cuts back or ``redact apply`` rewrites and the index is made
+    again)."""
+    return db.execute("SELECT min(seq) FROM records").fetchone()[0], mark(db, upto)
+
+
+def mark(db: sqlite3.Connection, seq: int) -> list[Any] | None:
     """What identifies the index's row ``seq`` (and so the index a count was made from)."""
     row = db.execute("SELECT received_at, segment, offset FROM records WHERE seq = ?", (seq,)).fetchone()
     return list(row) if row else None
@@ -190,7 +197,7 @@ def tallies(db: sqlite3.Connection, cached: dict[str, Any] | None = None) -> dic
     upto = int(state.get("last_seq", 0))
     oldest = db.execute("SELECT min(seq) FROM records").fetchone()[0]
     base = cached if (cached and cached.get("oldest") == oldest and cached.get("upto", 0) <= upto
-                      and _mark(db, cached.get("upto", 0)) == cached.get("mark")) else None
+                      and mark(db, cached.get("upto", 0)) == cached.get("mark")) else None
     after = base["upto"] if base else 0
     topics = Counter(base["topics"] if base else {})
     senders = Counter(base["senders"] if base else {})
@@ -206,6 +213,6 @@ def tallies(db: sqlite3.Connection, cached: dict[str, Any] | None = None) -> dic
                       "WHERE fts MATCH 'topic:gap' AND r.topic = '$persist/gap' AND r.own = 1 ORDER BY r.seq"
                       ).fetchall()
     threads_n = db.execute("SELECT count(DISTINCT thread_id) FROM records").fetchone()[0]
-    return {"indexed_seq": upto, "oldest": oldest, "upto": upto, "mark": _mark(db, upto),
+    return {"indexed_seq": upto, "oldest": oldest, "upto": upto, "mark": mark(db, upto),
             "topics": dict(topics.most_common()), "senders": dict(senders.most_common()),
             "threads": threads_n, "gap_rows": [list(g) for g in gaps]}
