@@ -268,3 +268,23 @@ def test_counts_kept_by_the_server_follow_a_log_made_again(tmp_path):
     make("[REDACTED]")  # as after redact apply: the same seqs, other rows, the index made again
     assert source.edges() == {("[REDACTED]", "ops"): 5}  # nothing of the old counts is kept
     assert [t["thread_id"] for t in source.threads(10)] == ["[REDACTED]-t"]
+
+
+def test_a_live_page_that_never_reads_is_dropped_by_the_bytes_it_holds_not_only_by_count(monkeypatch):
+    import asyncio
+    from pathlib import Path
+
+    from persist.cli.web import tail as tail_module
+    from persist.daemon.log.entry import Entry
+
+    monkeypatch.setattr(tail_module, "MAX_QUEUE_BYTES", 1 << 20)
+    loop = asyncio.new_event_loop()
+    try:
+        sub = tail_module.Subscriber(loop)
+        big = [Entry({"seq": 1}, b"x" * (600 << 10), Path("seg"))]  # two of these are past the bound, in 2 records
+        assert sub.offer(big) and sub.offer(big)
+        assert not sub.offer(big)  # dropped: its browser reconnects and catches up from the log
+        loop.run_until_complete(asyncio.sleep(0))
+        assert sub.queue.qsize() == 3 and sub.queue.get_nowait() == big
+    finally:
+        loop.close()

@@ -5,7 +5,8 @@ the agents' rates. ``Tail`` is the part both sources share; ``LogTail`` follows 
 
 ``LogTail`` reads through ``reader.lines`` from the byte where it stopped (as ``stats.Tally`` does), woken by
 ``watch`` when the log dir changes and every ``POLL`` seconds anyway; it never writes and takes no lock,
-so the writer is never slowed. A subscriber too slow to keep up (its queue over ``MAX_QUEUE``) is
+so the writer is never slowed. A subscriber too slow to keep up (its queue over ``MAX_QUEUE`` records or
+``MAX_QUEUE_BYTES``) is
 dropped: its browser reconnects with the last seq it showed (``Last-Event-ID``) and catches up from the
 log, so nothing is missed.
 """
@@ -28,6 +29,7 @@ from persist.daemon.log.watch import watch
 
 POLL = 0.1  # seconds between reads when no change was noticed (watchdog may hold an event up to 0.5 s)
 MAX_QUEUE = 20000  # records waiting for one subscriber before it is dropped
+MAX_QUEUE_BYTES = 64 << 20  # or bytes of their lines: a record may be 16 MiB
 RATE_WINDOW = 120  # seconds the sparkline spans
 PREFILL = 50000  # records read back from the tail at start to fill the sparkline
 RETRY = 1.0  # seconds before the tail reads again after an error
@@ -38,13 +40,14 @@ class Subscriber:
     """A live page's queue: lists of new records, or None once it was dropped."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop, self.queue, self.size = loop, asyncio.Queue(), 0
+        self.loop, self.queue, self.size, self.bytes = loop, asyncio.Queue(), 0, 0
 
     def offer(self, batch: list[Entry]) -> bool:
-        if self.size > MAX_QUEUE:
+        if self.size > MAX_QUEUE or self.bytes > MAX_QUEUE_BYTES:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
             return False
         self.size += len(batch)
+        self.bytes += sum(len(e.line) for e in batch)
         self.loop.call_soon_threadsafe(self.queue.put_nowait, batch)
         return True
 
@@ -59,6 +62,7 @@ class Subscriber:
                 batch = None if more is None else batch + more
         if batch is not None:
             self.size -= len(batch)
+            self.bytes -= sum(len(e.line) for e in batch)
         return batch
 
 
