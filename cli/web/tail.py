@@ -223,6 +223,6 @@ class LogTail(Tail):
                     if len(batch) >= 1000:
                         self._hand_out(batch)
                         batch = []
+            self.error = None  # this read worked (cleared before the records go out, which show it did)
             self._hand_out(batch)
-            self.error = None
             self.wake.wait(POLL)
