@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from procs import eventually
+from procs import eventually, unavailable
 
 SERVER = os.environ.get("PERSIST_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 
@@ -23,7 +23,7 @@ def admin():
     try:
         return psycopg.connect(f"{SERVER}/postgres", autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {SERVER}: {exc}")
+        unavailable(f"no PostgreSQL at {SERVER} ({exc}); .ci/run starts the machine's")
 
 
 @contextlib.contextmanager

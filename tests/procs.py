@@ -27,6 +27,14 @@ BIN = Path(sys.executable).parent
 heavy = pytest.mark.xdist_group("heavy")
 
 
+def unavailable(why: str) -> None:
+    """A test that needs what this machine lacks (PostgreSQL, Chromium, strace, root): under CI, which
+    provides all of them (``.ci/run``), that is a failure; elsewhere the test is skipped, saying why."""
+    if os.environ.get("CI"):
+        pytest.fail(why, pytrace=False)
+    pytest.skip(why)
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

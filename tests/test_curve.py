@@ -257,8 +257,8 @@ def test_replay_through_a_curve_broker_with_keys_and_refused_without(workdir, lo
 
 
 def test_binding_beyond_loopback_without_curve_is_refused_unless_insecure(workdir, keys):
-    assert loopback("tcp://127.0.0.1:5555") and loopback("tcp://[::1]:5") and loopback("ipc:///tmp/x")
-    assert not loopback("tcp://*:5555") and not loopback("tcp://0.0.0.0:1") and not loopback("tcp://eth0:1")
+    assert loopback("tcp://127.0.0.1:7") and loopback("tcp://[::1]:5") and loopback("ipc:///tmp/x")
+    assert not loopback("tcp://*:7") and not loopback("tcp://0.0.0.0:1") and not loopback("tcp://eth0:1")
     with pytest.raises(CurveError, match=r"refusing to bind .* tcp://\*:1 without CURVE.*--insecure"):
         check_bind(["tcp://127.0.0.1:1", "tcp://*:1"], curve=False, insecure=False, what="x on")
     log = str(workdir / "l")

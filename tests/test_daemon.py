@@ -12,10 +12,9 @@ import threading
 import time
 
 import orjson
-import pytest
 
 from persist.daemon.log import reader
-from procs import Daemon, Publisher, heavy, memory_mb, process_gone, run, wait_for
+from procs import Daemon, Publisher, heavy, memory_mb, process_gone, run, unavailable, wait_for
 
 MIXED = [
     [b"agent.chat", b'{"sender":"claude_code","recipient":"gemini_cli","thread_id":"t-1","kind":"request","text":"review this"}'],
@@ -246,8 +245,9 @@ def segment_syscalls(trace_text: str, segment: str) -> list[tuple[str, str]]:
 
 
 @heavy
-@pytest.mark.skipif(not strace_runs(), reason="strace is missing or may not trace on this machine")
 def test_fsync_always_syncs_every_batch_before_the_next_and_bind_mode(workdir, ctx):
+    if not strace_runs():
+        unavailable("strace is missing or may not trace on this machine (.ci/run installs it)")
     """Watched from outside with strace: every write of the active segment is followed by a
     finished fdatasync of it before the next write begins (``off`` never syncs; ``batch``
     writes several batches per sync)."""

@@ -12,8 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
-from procs import BIN, die_with_test
+from procs import BIN, die_with_test, unavailable
 
 CHROMIUM = os.environ.get("PERSIST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -66,9 +65,7 @@ def chromium_or_fail() -> str:
         return CHROMIUM
     why = (f"the browser tests need Debian's Chromium at {CHROMIUM} (apt-get install chromium; "
            "PERSIST_CHROMIUM=/path to use another); Playwright never downloads one here")
-    if os.environ.get("CI"):
-        pytest.fail(why, pytrace=False)
-    pytest.skip(why)
+    unavailable(why)
 
 
 def launch(playwright):
