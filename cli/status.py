@@ -94,6 +94,7 @@ def _print_status(info: dict, live: dict | None) -> None:
     ]
     if live:
         rows.append(["rate", f"{live['rate']:.1f} msg/s; {live['recorded']} this run; gaps {live['gaps']}"])
+        rows.append(["waiting", _waiting(live.get("receive_queue"))])
         if live.get("disk_full"):
             rows.append(["DISK FULL", style(f"{live['spooled']} records waiting in memory, {live['dropped']} dropped", fg="red")])
         if live.get("archive"):
@@ -104,6 +105,13 @@ def _print_status(info: dict, live: dict | None) -> None:
     rows.append(["checkpoint", f"{cp['id']} ({cp['reason']}), {ago(cp['created_at'])}" if cp else "none yet"])
     rows.append(["disk", f"{size(info['log_bytes'])} used by the log, {size(info['disk_free_bytes'])} free"])
     fields(rows, 12, bold=True)
+
+
+def _waiting(queue: dict | None) -> str:
+    """What the broker has delivered and the daemon has not yet recorded (its receive queue)."""
+    if queue is None:
+        return "unknown (the daemon's bus proxy did not answer)"
+    return f"{queue['messages']} messages ({size(queue['bytes'])}) received, not yet recorded"
 
 
 def _curve_state(c: dict) -> str:

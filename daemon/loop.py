@@ -234,6 +234,7 @@ class Recorder:
             "rate": round(self.msg_rate(), 1),
             "endpoints": self.bus.endpoints,
             "bus": self.bus.status(),
+            "receive_queue": self.bus.waiting(),
             "curve": self.bus.curve_status(),
             "subscribe": self.bus.subscriptions,
             "launched": self.launched,

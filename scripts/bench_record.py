@@ -17,7 +17,12 @@ same burst in turn:
 * persist  — persist-daemon with enrichment on and ``--fsync batch``.
 
 Each rate is wall time from the first send to the last message received or
-recorded. Bare and persist run in alternation, ``--rounds`` times each, and the
+recorded. ``--instructions`` also counts, with callgrind, the CPU instructions
+each receiver spends per message (all its threads: libzmq's I/O thread, the
+daemon's bus proxy; not the broker's or the publisher's): two bursts of
+different sizes, the difference divided by the difference in messages, so
+start-up cancels out. Instruction counts are the same whatever the neighbours
+do, where wall-clock rates on a shared machine are not. Bare and persist run in alternation, ``--rounds`` times each, and the
 medians are compared, so that a noisy neighbour on a shared machine weighs on
 both. Prints rates, the ratios the targets are set in (persist ≥ 0.6 × bare,
 ≥ 30 × naive), loss, and the daemon's peak RSS.
@@ -26,6 +31,7 @@ both. Prints rates, the ratios the targets are set in (persist ≥ 0.6 × bare,
 from __future__ import annotations
 
 import argparse
+import re
 import select
 import shutil
 import statistics
@@ -36,6 +42,7 @@ import time
 from pathlib import Path
 
 from benchlib import Daemon, machine, memory_mb, payloads, publisher, start_broker, wait_until_receiving
+from procs import wait_for  # noqa: E402  (benchlib puts tests/ on the path)
 
 BARE = r"""
 import sys, time, zmq
@@ -115,17 +122,80 @@ def burst(pub, msgs: list[bytes]) -> float:
     return t0
 
 
-def run_script(script: str, backend: str, pub, msgs: list[bytes], *extra: str) -> float:
-    proc = subprocess.Popen([sys.executable, "-c", script, backend, str(len(msgs)), *extra],
-                            stdout=subprocess.PIPE, text=True)
+CALLGRIND = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+
+
+def collected(stderr: str) -> int:
+    """The instructions callgrind counted, from its summary on stderr."""
+    return int(re.findall(r"Collected : (\d+)", stderr)[-1])
+
+
+def run_script(script: str, backend: str, pub, msgs: list[bytes], *extra: str, wrapper: list[str] = ()) -> float:
+    """The rate of one receiver script over the burst; under ``wrapper`` (callgrind), the instructions it took."""
+    proc = subprocess.Popen([*wrapper, sys.executable, "-c", script, backend, str(len(msgs)), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE if wrapper else None, text=True)
     while not select.select([proc.stdout], [], [], 0.05)[0]:
         pub.send_multipart([b"probe", b"{}"])
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.5)
     t0 = burst(pub, msgs)
     t_end = float(proc.stdout.readline())
+    if wrapper:
+        return collected(proc.communicate()[1])
     proc.wait()
     return len(msgs) / (t_end - t0)
+
+
+def count_persist(backend: str, pub, msgs: list[bytes], log_dir: Path, config: Path) -> int:
+    """The instructions persist-daemon (under callgrind, indexing off) takes from start to stop around a burst."""
+    daemon = Daemon(log_dir, "--connect", backend, "--config", str(config), wrapper=CALLGRIND).start(wait=False)
+    wait_for(daemon.ping, timeout=300, what="the daemon under callgrind")
+    recorded = lambda: daemon.try_status(60_000).get("recorded", 0)  # noqa: E731  (slow under callgrind)
+    base = recorded()
+    while recorded() == base:
+        pub.send_multipart([b"probe", b"{}"])
+        time.sleep(0.5)
+    base = recorded()
+    burst(pub, msgs)
+    while recorded() < base + len(msgs):
+        time.sleep(0.5)  # few status requests: each costs instructions too
+    daemon.stop(timeout=300)
+    return collected(daemon.errors())
+
+
+def instructions(small: int = 5_000, large: int = 25_000, naive_share: int = 10) -> dict[str, float]:
+    """Instructions per message of bare, floor, naive and persist: (count(large) - count(small)) / (large - small).
+    The naive recorder gets a tenth of the messages (it fsyncs each)."""
+    msgs = payloads(large)
+    work = Path(tempfile.mkdtemp(prefix="persist-bench-", dir="/tmp"))
+    config = work / "persist.toml"
+    config.write_text("[index]\nenabled = false\n")
+    broker, frontend, backend = start_broker()
+    pub = publisher(frontend)
+    counts: dict[str, list[int]] = {"bare": [], "floor": [], "naive": [], "persist": []}
+    try:
+        for n in (small, large):
+            counts["bare"].append(run_script(BARE, backend, pub, msgs[:n], wrapper=CALLGRIND))
+            counts["floor"].append(run_script(FLOOR, backend, pub, msgs[:n], str(work / f"floor-{n}.jsonl"),
+                                              wrapper=CALLGRIND))
+            counts["naive"].append(run_script(NAIVE, backend, pub, msgs[:n // naive_share],
+                                              str(work / f"naive-{n}.jsonl"), wrapper=CALLGRIND))
+            counts["persist"].append(count_persist(backend, pub, msgs[:n], work / f"logs-{n}", config))
+    finally:
+        pub.close(linger=0)
+        broker.kill()
+        shutil.rmtree(work, ignore_errors=True)
+    per = {name: (c[1] - c[0]) / (large - small) for name, c in counts.items()}
+    per["naive"] *= naive_share
+    return per
+
+
+def print_instructions(per: dict[str, float]) -> None:
+    print("CPU instructions per message (callgrind; the receiver's own process, all its threads):")
+    for name in ("bare", "floor", "naive", "persist"):
+        print(f"  {name:<10}{per[name]:>10,.0f}   {per[name] / per['bare']:.2f} × bare")
+    print(f"  persist does {per['naive'] / per['persist']:.0f} × less work than naive per message; "
+          f"bare ÷ persist = {per['bare'] / per['persist']:.2f} (the rate ratio it bounds, target ≥ 0.6)")
 
 
 def run_persist(backend: str, pub, msgs: list[bytes], log_dir: Path, *args: str) -> dict:
@@ -220,6 +290,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a CI-sized run (50k messages)")
     ap.add_argument("--no-index", action="store_true", help="record without the search indexer")
     ap.add_argument("--rounds", type=int, default=3, help="alternating runs of bare and persist (medians)")
+    ap.add_argument("--instructions", action="store_true",
+                    help="also count CPU instructions per message with callgrind (slow: a few minutes)")
     ap.add_argument("--profile-cost", action="store_true",
                     help="only: recording with envelope profiles on vs off (messages no profile matches)")
     args = ap.parse_args()
@@ -245,6 +317,8 @@ def main() -> None:
           f"{p['seq_continuous']}")
     print(f"daemon RSS: {p['rss_mb']:.0f} MB at the peak of the burst (it waits in the receive queue), "
           f"{p['rss_after_mb']:.0f} MB 2.5 s after it was recorded (target ≤ 80)")
+    if args.instructions:
+        print_instructions(instructions())
 
 
 if __name__ == "__main__":
