@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -22,10 +21,9 @@ import click
 import orjson
 
 from persist.cli.errors import Failure, UsageError, json_errors  # noqa: F401 (API)
-from persist.daemon import config
+from persist.cli.lines import color, one_line, terminal_width, when  # noqa: F401 (API)
 from persist.daemon.log import times
 from persist.daemon.log.layout import LogDir
-from persist.daemon.log.render import payload_text, speaker
 
 
 def _utc(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -37,22 +35,47 @@ utc_option = click.option("--utc", is_flag=True, expose_value=False, callback=_u
                           help="Show and read times in UTC instead of local time.")
 
 
+def log_dir_options(func: Callable) -> Callable:
+    """``--log-dir``, ``--config`` and ``--utc``. Each may also come before the command name
+    (``persist-cli --log-dir D recent``: ``group.Defaults``)."""
+    func = utc_option(func)
+    func = click.option("--config", "config_path", metavar="FILE",
+                        help="TOML config file (see persist-daemon --help).")(func)
+    return click.option("--log-dir", metavar="DIR",
+                        help="The log dir (env PERSIST_LOG_DIR; default ./conversation_logs).")(func)
+
+
 def with_log_dir(func: Callable) -> Callable:
-    """Add ``--log-dir``, ``--config`` and ``--utc``; pass the resolved ``cfg`` and ``log`` to the command.
+    """Add ``--log-dir``, ``--config`` and ``--utc``; pass the resolved ``cfg`` and ``log`` to the command."""
 
-    Each may also come before the command name (``persist-cli --log-dir D recent``: ``main.Defaults``).
-    """
-
-    @click.option("--log-dir", metavar="DIR", help="The log dir (env PERSIST_LOG_DIR; default ./conversation_logs).")
-    @click.option("--config", "config_path", metavar="FILE", help="TOML config file (see persist-daemon --help).")
-    @utc_option
+    @log_dir_options
     @functools.wraps(func)
     def wrapper(*args, log_dir: str | None, config_path: str | None, **kwargs):
+        from persist.daemon import config
+
         try:
             cfg = config.load(config_path, config.flags(log_dir))
         except config.ConfigError as exc:
             raise UsageError(str(exc)) from None
         return func(*args, cfg=cfg, log=LogDir(cfg.log_dir), **kwargs)
+
+    return wrapper
+
+
+def with_log(func: Callable) -> Callable:
+    """``with_log_dir`` for a command that needs only the log (no ``cfg``): the config is checked just as
+    strictly, but not made when no file or variable is there (``config.log_dir``)."""
+
+    @log_dir_options
+    @functools.wraps(func)
+    def wrapper(*args, log_dir: str | None, config_path: str | None, **kwargs):
+        from persist.daemon import config
+
+        try:
+            root = config.log_dir(config_path, log_dir)
+        except config.ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        return func(*args, log=LogDir(root), **kwargs)
 
     return wrapper
 
@@ -84,11 +107,6 @@ def json_lines(objects: Iterable[Any]) -> None:
     for obj in objects:
         out.write(obj if isinstance(obj, bytes) else orjson.dumps(obj) + b"\n")
     out.flush()
-
-
-def color() -> bool:
-    """Colour on a terminal, unless ``NO_COLOR`` is set (https://no-color.org)."""
-    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
 def style(text: str, **kw: Any) -> str:
@@ -180,15 +198,6 @@ def ago(iso: str | None) -> str:
     return iso
 
 
-def when(iso: str | None) -> str:
-    """A log time for a person, as every command shows it (``times.show``: local with its zone, or ``--utc``)."""
-    return times.show(iso)
-
-
-def terminal_width() -> int:
-    return shutil.get_terminal_size((120, 24)).columns
-
-
 # --- time filters ------------------------------------------------------------
 
 
@@ -201,13 +210,3 @@ def parse_when(text: str | None, flag: str) -> str | None:
     except ValueError as exc:
         raise UsageError(f"{flag} {text!r} {exc}") from None
 
-
-def one_line(rec: dict[str, Any], width: int | None = None) -> str:
-    """A record as one line of a listing: time, seq, topic, who, what."""
-    text = " ".join(payload_text(rec).split())
-    meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
-    kind = f" [{meta['msg_type']}]" if isinstance(meta.get("msg_type"), str) else ""  # an envelope's own type
-    head = f"{when(rec['received_at'])}  {style('#' + str(rec['seq']), fg='cyan')}  {rec['topic']}{kind}  {speaker(rec)}  "
-    line = head + text
-    width = width or terminal_width()
-    return line if len(line) <= width or not sys.stdout.isatty() else line[: width - 1] + "…"

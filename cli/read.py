@@ -16,7 +16,7 @@ from persist.cli.common import (
     parse_when,
     require_log,
     style,
-    with_log_dir,
+    with_log,
 )
 from persist.daemon.log import reader, render, select
 from persist.daemon.log.select import matches
@@ -41,9 +41,9 @@ system_option = click.option("--system/--no-system", default=True, help="Include
 @click.option("--reverse", "-r", is_flag=True, help="Newest first.")
 @click.option("--follow", "-f", "follow_", is_flag=True, help="Keep printing records as they are written (Ctrl-C stops).")
 @system_option
-@with_log_dir
+@with_log
 @json_option
-def recent(cfg, log, count, topic, sender, thread, kind, since, until, reverse, follow_, system, as_json) -> None:
+def recent(log, count, topic, sender, thread, kind, since, until, reverse, follow_, system, as_json) -> None:
     """The last N records, read from the tail (instant on a huge log)."""
     if reverse and follow_:
         raise UsageError("--reverse and --follow do not go together: new records come last")
@@ -70,8 +70,8 @@ def recent(cfg, log, count, topic, sender, thread, kind, since, until, reverse, 
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of standard output.")
 @click.option("--mode", default="600", show_default=True, metavar="OCTAL",
               help="Permissions of the -o FILE (it holds the conversation: private by default).")
-@with_log_dir
-def export(cfg, log, fmt, since, until, topic, sender, thread, kind, system, as_json, output, mode) -> None:
+@with_log
+def export(log, fmt, since, until, topic, sender, thread, kind, system, as_json, output, mode) -> None:
     """Export records as JSON Lines (the on-disk schema), CSV or markdown."""
     fmt = "jsonl" if as_json else fmt
     require_log(log)
@@ -108,9 +108,9 @@ def _create_private(output: str, perms: int):
 
 
 @click.command("verify")
-@with_log_dir
+@with_log
 @json_option
-def verify_cmd(cfg, log, as_json) -> None:
+def verify_cmd(log, as_json) -> None:
     """Check every line is a whole record, seq is continuous, and every checkpoint holds (exit 1 if not)."""
     from persist.daemon.log.verify import verify
 
@@ -134,9 +134,9 @@ def verify_cmd(cfg, log, as_json) -> None:
 
 
 @click.command()
-@with_log_dir
+@with_log
 @json_option
-def recover(cfg, log, as_json) -> None:
+def recover(log, as_json) -> None:
     """Repair what a crash left and bring the search index up to date (what the daemon does at start)."""
     from persist.daemon import index
     from persist.daemon.log import lock, restore  # here, not at the top: recent starts without them

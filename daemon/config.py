@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,19 @@ class ConfigError(ValueError):
         self.key = key
 
 
-@dataclass
-class DaemonSection:
+class _Made:
+    """Made a dataclass when first built, not at import: ``dataclass`` compiles each class's methods (≈ 12 ms for
+    the ten sections), which a command that needs only the log dir (``log_dir``) never pays. The classes are
+    dataclasses from their first instance on (``made``), exactly as if decorated where they are written."""
+
+    __slots__ = ()
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        made()
+        return super().__new__(cls)
+
+
+class DaemonSection(_Made):
     connect: list[str] = field(default_factory=lambda: ["tcp://127.0.0.1:5555"])
     bind: list[str] = field(default_factory=list)
     subscribe: list[str] = field(default_factory=lambda: [""])
@@ -59,27 +71,23 @@ class DaemonSection:
     stop_drain_s: float = 2.5  # a stop records the backlog this long, then counts the rest into a gap
 
 
-@dataclass
-class StorageSection:
+class StorageSection(_Made):
     rotate_bytes: int = 256 * 1024 * 1024
     rotate_age_s: int = 24 * 3600
     backlog_bytes: int = 64 * 1024 * 1024
     retention: str = ""  # keep everything; "30d" or "20GiB" deletes whole closed segments beyond it
 
 
-@dataclass
-class CheckpointSection:
+class CheckpointSection(_Made):
     interval: float = 300.0
     keep: int = 288
 
 
-@dataclass
-class IndexSection:
+class IndexSection(_Made):
     enabled: bool = True
 
 
-@dataclass
-class ArchiveSection:
+class ArchiveSection(_Made):
     url: str = ""  # postgresql://...: ship every record to this archive (SPEC section 12); "" ships nothing
     node: str = ""  # this recorder's name in the archive; "" is the host name
     retention_waits: bool = True  # storage.retention never deletes a segment the archive has not confirmed
@@ -91,8 +99,7 @@ class ArchiveSection:
         return self.node or socket.gethostname()
 
 
-@dataclass
-class RedactSection:
+class RedactSection(_Made):
     enabled: bool = False  # secrets replaced before a line is written (SPEC section 14)
     rules_file: str = ""  # a gitleaks rule file (TOML), read as it is
     disable_rules: list[str] = field(default_factory=list)  # built-in rule ids switched off
@@ -100,8 +107,7 @@ class RedactSection:
     rules: list[dict] = field(default_factory=list)  # [[redact.rules]]: id, regex, keywords, secret_group, entropy
 
 
-@dataclass
-class CurveSection:
+class CurveSection(_Made):
     enabled: bool = False  # ZeroMQ CURVE authentication and encryption on the bus (SPEC section 14)
     keys_dir: str = "~/.config/persist/curve"  # persist-cli keys init --dir: key pairs and clients/ (the allow-list)
     allow_any: bool = False  # any client with a valid handshake, not only the keys in keys_dir/clients/
@@ -111,13 +117,11 @@ class CurveSection:
         return Path(self.keys_dir).expanduser()
 
 
-@dataclass
-class LauncherSection:
+class LauncherSection(_Made):
     grace_s: float = 10.0
 
 
-@dataclass
-class EnrichSection:
+class EnrichSection(_Made):
     sender_fields: list[str] = field(default_factory=lambda: ["sender", "from", "agent", "source"])
     recipient_fields: list[str] = field(default_factory=lambda: ["recipient", "to", "target"])
     thread_fields: list[str] = field(
@@ -132,8 +136,7 @@ class EnrichSection:
     profiles: list[dict] = field(default_factory=list)  # [[enrich.profiles]]: envelopes (SPEC section 15)
 
 
-@dataclass
-class Config:
+class Config(_Made):
     daemon: DaemonSection = field(default_factory=DaemonSection)
     storage: StorageSection = field(default_factory=StorageSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
@@ -150,7 +153,19 @@ class Config:
         return Path(self.daemon.log_dir).expanduser()
 
 
-SECTIONS = {f.name: f.default_factory for f in fields(Config) if f.name != "source"}
+SECTIONS = {name: globals()[hint] for name, hint in Config.__annotations__.items() if name != "source"}
+_made = False
+_making = threading.Lock()
+
+
+def made() -> None:
+    """Make the sections and ``Config`` dataclasses (once; whichever thread first builds one)."""
+    global _made
+    with _making:
+        if not _made:
+            for cls in (*SECTIONS.values(), Config):
+                dataclass(cls)
+            _made = True
 
 
 def _check(key: str, hint: Any, value: Any, source: str | None) -> Any:
@@ -290,14 +305,14 @@ def find_file(explicit: str | None) -> Path | None:
 
 def _from_env() -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
-    for section, make in SECTIONS.items():
-        for f in fields(make()):
-            names = [f"PERSIST_{section}_{f.name}".upper()]
+    for section, cls in SECTIONS.items():
+        for key in cls.__annotations__:  # its fields, in order, without making the dataclass
+            names = [f"PERSIST_{section}_{key}".upper()]
             if section == "daemon":
-                names.insert(0, f"PERSIST_{f.name}".upper())
+                names.insert(0, f"PERSIST_{key}".upper())
             for name in names:
                 if name in os.environ:
-                    found.setdefault(section, {})[f.name] = os.environ[name]
+                    found.setdefault(section, {})[key] = os.environ[name]
                     break
     return found
 
@@ -311,6 +326,15 @@ def flags(log_dir: str | os.PathLike | None = None, connect: list[str] | None = 
     if connect:
         daemon["connect"] = list(connect)
     return {"daemon": daemon}
+
+
+def log_dir(explicit: str | None = None, flag: str | os.PathLike | None = None) -> Path:
+    """``load(explicit, flags(flag)).log_dir``, with the same ``ConfigError``s, for a command that needs only the
+    log dir: with no config file and no ``PERSIST_*`` key variable only the flag can set it, and no config is made."""
+    given = flags(flag)["daemon"].get("log_dir")
+    if find_file(explicit) is None and not _from_env() and (given is None or given.isascii()):
+        return Path(given or DaemonSection.log_dir).expanduser()  # what ``_check`` lets through unchanged
+    return load(explicit, flags(flag)).log_dir
 
 
 def load(explicit: str | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:

@@ -113,3 +113,19 @@ def test_archive_url_flag_is_checked_like_the_config_key(workdir):
     good = run("persist-daemon", "--log-dir", str(workdir / "l"), "--archive-url", "postgresql://127.0.0.1/x",
                "--check-config")
     assert good.returncode == 0, good.stderr
+
+
+def test_the_sections_become_dataclasses_when_first_made():
+    """Importing the config (or ``config.log_dir`` with no file or variable) makes no dataclass; the first
+    instance makes them all, as if decorated where they are written."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import dataclasses as d\nfrom persist.daemon import config as c\nc.log_dir(None, 'x')\n"
+             "print(d.is_dataclass(c.Config))\nc.EnrichSection()\n"
+             "print(all(d.is_dataclass(k) for k in (*c.SECTIONS.values(), c.Config)), "
+             "[f.name for f in d.fields(c.Config)] == list(c.Config.__annotations__), c.Config() == c.Config())")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSIST_")}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["False", "True", "True", "True"], out

@@ -111,6 +111,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def last_newline(fd: int, end: int) -> int:
+    """Offset just after the last ``\\n`` before ``end`` (0 if none): where the whole lines of a file end."""
+    pos, size = end, 1 << 12  # most files end with one: a small read first, then larger ones up to 1 MiB
+    while pos > 0:
+        start = max(0, pos - size)
+        chunk = os.pread(fd, pos - start, start)
+        i = chunk.rfind(b"\n")
+        if i >= 0:
+            return start + i + 1
+        pos, size = start, min(2 * size, 1 << 20)
+    return 0
+
+
 def write_all(fd: int, data: bytes) -> None:
     """Write every byte of ``data`` to ``fd`` or raise: ``os.write`` may write less than asked."""
     view = memoryview(data)

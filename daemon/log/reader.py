@@ -30,11 +30,11 @@ from typing import BinaryIO
 import orjson
 
 from persist.daemon.log.entry import Entry, Line, Segment, entry, first_seq_of  # noqa: F401 (the reader's API)
-from persist.daemon.log.fsutil import open_private, open_reading
+from persist.daemon.log.fsutil import last_newline, open_private, open_reading
 from persist.daemon.log.layout import LogDir, segment_name
-from persist.daemon.log.store import last_newline
 
 CHUNK = 1 << 20
+FIRST_CHUNK = 1 << 16  # the first read at either end of a file (dozens of lines); each next one doubles, up to CHUNK
 SEQ_PREFIX = re.compile(rb'^\{"v":\d+,"seq":(\d+),')  # how every record line starts, even one too deep to parse
 
 
@@ -49,12 +49,13 @@ def closed_segments(log: LogDir) -> list[Segment]:
 
 
 def _first_line(fd: int) -> bytes | None:
-    pos, data = 0, b""
-    while (chunk := os.pread(fd, CHUNK, pos)):
+    pos, data, size = 0, b"", FIRST_CHUNK
+    while (chunk := os.pread(fd, size, pos)):
         data += chunk
         if (nl := data.find(b"\n")) >= 0:
             return data[: nl + 1]
         pos += len(chunk)
+        size = min(2 * size, CHUNK)
     return None
 
 
@@ -203,8 +204,10 @@ def lines(log: LogDir, start: tuple[str | None, int] = (None, 0), after_seq: int
 def _lines_backward_fd(fd: int) -> Iterator[bytes]:
     pos = last_newline(fd, os.fstat(fd).st_size)  # whole lines only
     carry = b""  # the start of a line cut by the previous chunk
+    size = FIRST_CHUNK
     while pos > 0:
-        start = max(0, pos - CHUNK)
+        start = max(0, pos - size)
+        size = min(2 * size, CHUNK)
         parts = (os.pread(fd, pos - start, start) + carry).split(b"\n")
         parts.pop()  # the empty string after the final newline
         pos = start

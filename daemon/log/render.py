@@ -8,16 +8,17 @@ prints them). It formats; it never chooses records (``select`` does).
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable, Iterator
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
 from persist.daemon.log import envelope, times
 from persist.daemon.log.envelope import TEXT_FIELDS
-from persist.daemon.log.reader import Entry
 from persist.daemon.log.record import decode_frames, is_system
+
+if TYPE_CHECKING:
+    from persist.daemon.log.reader import Entry
 
 FORMATS = ("markdown", "prompt", "json")
 EXPORT_FORMATS = ("jsonl", "csv", "markdown")
@@ -102,6 +103,8 @@ def export(entries: Iterable[Entry], fmt: str, out: TextIO) -> int:
             yield e
 
     if fmt == "csv":
+        import csv
+
         writer = csv.writer(out)
         writer.writerow(CSV_COLUMNS)
         for e in counted():

@@ -25,7 +25,7 @@ from pathlib import Path
 import orjson
 
 from persist.daemon.log.entry import entry
-from persist.daemon.log.fsutil import FILE_MODE, ensure_dir, fsync_dir, write_all, write_atomically
+from persist.daemon.log.fsutil import FILE_MODE, ensure_dir, fsync_dir, last_newline, write_all, write_atomically
 from persist.daemon.log.layout import LogDir, segment_name
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -47,19 +47,6 @@ class Repair:
     quarantined: Path
     bytes: int
     lines: int
-
-
-def last_newline(fd: int, end: int) -> int:
-    """Offset just after the last ``\\n`` before ``end`` (0 if none)."""
-    pos = end
-    while pos > 0:
-        start = max(0, pos - (1 << 20))
-        chunk = os.pread(fd, pos - start, start)
-        i = chunk.rfind(b"\n")
-        if i >= 0:
-            return start + i + 1
-        pos = start
-    return 0
 
 
 def repair_tail(path: Path, recovery: Path) -> Repair | None:
