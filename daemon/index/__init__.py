@@ -55,8 +55,9 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value);
 """
 # An index whose FTS5 table holds its own copy of the text (persist before the view) is made again from the log.
 OLD_FTS = "SELECT 1 FROM sqlite_master WHERE name = 'fts' AND sql NOT LIKE '%fts_source%'"
-FIELDS = ("sender", "recipient", "thread_id", "kind")
+FIELDS = ("sender", "recipient", "thread_id", "kind")  # also spelt out in _row
 COLUMNS = "seq, received_at, topic, sender, recipient, thread_id, kind, tags, tokens, segment, offset, replay_of, own"
+FTS_COLUMNS = "rowid, text, fields, sender, recipient, topic, thread_id, kind, tags"  # a row of rows_of's words
 ADDED_COLUMNS = {  # columns an index made by an older persist lacks: (definition, how to fill its rows)
     "replay_of": ("INTEGER", None),
     "own": ("INTEGER NOT NULL DEFAULT 0", "UPDATE records SET own = 1 WHERE topic LIKE '$persist/%'"),
@@ -182,16 +183,22 @@ def searchable_text(rec: dict[str, Any], line: bytes | None = None, leave_out: f
     text = payload_text(rec, line)
     out: list[str] = []
     if text != "" and not text.startswith(("{", "[")):
-        stack = [v for v in (rec.get("payload"), *envelope.json_frames(rec)) if isinstance(v, (dict, list))]
+        roots = [v for v in (rec.get("payload"), *envelope.json_frames(rec)) if isinstance(v, (dict, list))]
+        # depth first, the last frame first: a stack of iterators, each keeping its place in one container
+        stack = [iter(roots[::-1])]
         while stack:
-            v = stack.pop()
-            if isinstance(v, str):
-                if v != text and v not in leave_out:
-                    out.append(v)
-            elif isinstance(v, dict):
-                stack.extend(reversed(list(v.values())))
-            elif isinstance(v, list):
-                stack.extend(reversed(v))
+            for v in stack[-1]:
+                if isinstance(v, str):
+                    if v != text and v not in leave_out:
+                        out.append(v)
+                elif isinstance(v, dict):
+                    stack.append(iter(v.values()))
+                    break
+                elif isinstance(v, list):
+                    stack.append(iter(v))
+                    break
+            else:
+                stack.pop()
     return text[:MAX_TEXT], "\n".join(out)[:MAX_TEXT]
 
 
@@ -218,15 +225,22 @@ class TextFromLog:
 
 
 def _int(value: Any) -> int | None:
+    if value.__class__ is int:  # the usual case, decided at once (a bool is of another class)
+        return value if value in INT64 else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value in INT64 else None
 
 
 def _row(rec: dict[str, Any], segment: str, offset: int) -> tuple:
-    meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
-    tags = " ".join(map(str, meta["tags"])) if isinstance(meta.get("tags"), list) else None
-    values = [None if meta.get(k) is None else str(meta[k]) for k in FIELDS]
-    return (rec["seq"], str(rec.get("received_at", "")), str(rec.get("topic", "")), *values, tags,
-            _int(meta.get("tokens")), segment, offset, _int(meta.get("replay_of")), int(is_system(rec)))
+    meta = rec.get("meta")
+    get = meta.get if isinstance(meta, dict) else {}.get
+    tags = get("tags")
+    tags = " ".join(map(str, tags)) if isinstance(tags, list) else None
+    # FIELDS, spelt out: this runs for every record a rebuild reads
+    sender, recipient, thread, kind = get("sender"), get("recipient"), get("thread_id"), get("kind")
+    return (rec["seq"], str(rec.get("received_at", "")), str(rec.get("topic", "")),
+            None if sender is None else str(sender), None if recipient is None else str(recipient),
+            None if thread is None else str(thread), None if kind is None else str(kind), tags,
+            _int(get("tokens")), segment, offset, _int(get("replay_of")), int(is_system(rec)))
 
 
 def indexed_text(rec: dict[str, Any], line: bytes | None) -> tuple[str, str]:
@@ -236,15 +250,13 @@ def indexed_text(rec: dict[str, Any], line: bytes | None) -> tuple[str, str]:
     return searchable_text(rec, line, frozenset(str(meta[k]) for k in FIELDS if meta.get(k) is not None))
 
 
-def _fts(rec: dict[str, Any], line: bytes | None, row: tuple) -> tuple:
-    return (row[0], *indexed_text(rec, line), row[3], row[4], row[2], row[5], row[6], row[7])
-
-
 def _indexable(rec: dict[str, Any], line: bytes | None, segment: str, offset: int) -> tuple[tuple, tuple]:
     """The record's row and its text; a record that defeats extraction is indexed with its seq and place only."""
     try:
         row = _row(rec, segment, offset)
-        return row, _fts(rec, line, row)
+        # indexed_text's: the row's sender, recipient, thread and kind are the values it leaves out
+        text, fields = searchable_text(rec, line, frozenset(v for v in row[3:7] if v is not None))
+        return row, (row[0], text, fields, row[3], row[4], row[2], row[5], row[6], row[7])
     except Exception as exc:  # noqa: BLE001 - one hostile record must never stop indexing
         log.warning("record_indexed_partly", seq=rec["seq"], segment=segment, error=repr(exc)[:200])
         row = (rec["seq"], "", "", None, None, None, None, None, None, segment, offset, None, 0)
@@ -269,21 +281,29 @@ def write(db: sqlite3.Connection, pairs: list[tuple[tuple, tuple]], last: Item) 
     """Write the rows of ``rows_of`` and move the resume point past ``last``, in one transaction."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        # a row indexed already loses its words first, read back from where it lies (FTS5 keeps no copy of them)
-        db.execute("DELETE FROM fts WHERE rowid IN (SELECT seq FROM records WHERE seq BETWEEN ? AND ?)",
-                   (pairs[0][0][0], pairs[-1][0][0]))
-        db.executemany(f"INSERT OR REPLACE INTO records ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                       [row for row, _ in pairs])
-        db.executemany(
-            "INSERT INTO fts(rowid, text, fields, sender, recipient, topic, thread_id, kind, tags) "
-            "VALUES (?,?,?,?,?,?,?,?,?)", [fts for _, fts in pairs])
-        rec, seg, off, _ = last
-        db.executemany("INSERT OR REPLACE INTO state VALUES (?, ?)",
-                       [("last_seq", rec["seq"]), ("segment", seg), ("offset", off)])
+        put(db, pairs)
+        resume_after(db, last)
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
+
+
+def put(db: sqlite3.Connection, pairs: list[tuple[tuple, tuple]]) -> None:
+    """Write the rows of ``rows_of`` (in the caller's transaction); a row indexed already is replaced."""
+    # a row indexed already loses its words first, read back from where it lies (FTS5 keeps no copy of them)
+    db.execute("DELETE FROM fts WHERE rowid IN (SELECT seq FROM records WHERE seq BETWEEN ? AND ?)",
+               (pairs[0][0][0], pairs[-1][0][0]))
+    db.executemany(f"INSERT OR REPLACE INTO records ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                   [row for row, _ in pairs])
+    db.executemany(f"INSERT INTO fts({FTS_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", [fts for _, fts in pairs])
+
+
+def resume_after(db: sqlite3.Connection, last: Item) -> None:
+    """Move the resume point past ``last`` (in the caller's transaction)."""
+    rec, seg, off, _ = last
+    db.executemany("INSERT OR REPLACE INTO state VALUES (?, ?)",
+                   [("last_seq", rec["seq"]), ("segment", seg), ("offset", off)])
 
 
 def position(db: sqlite3.Connection) -> tuple[int, str | None, int]:
