@@ -22,11 +22,11 @@ VALUES = {"-n": "count", "--topic": "topic", "--sender": "sender", "--thread": "
           "--since": "since", "--until": "until", **GLOBAL_VALUES}  # read.recent's, and with_log's
 FLAGS = {"--reverse": ("reverse", True), "-r": ("reverse", True), "--system": ("system", True),
          "--no-system": ("system", False), **GLOBAL_FLAGS}
-DEFAULTS = {"count": "20", "topic": None, "sender": None, "thread": None, "kind": None, "since": None,
+DEFAULTS = {"count": 20, "topic": None, "sender": None, "thread": None, "kind": None, "since": None,
             "until": None, "reverse": False, "system": True, "as_json": False, "utc": False,
             "log_dir": None, "config_path": None}
 CONFIG_FILES = ("persist.toml", "~/.config/persist/config.toml", "/etc/persist/config.toml")  # config.SEARCH_PATH
-LOG_DIR = "./conversation_logs"  # config.DaemonSection.log_dir (a test holds both to config's)
+LOG_DIR = "./conversation_logs"  # config.DaemonSection.log_dir (tests hold these to click's and config's)
 ANSI = r"\033\[[0-?]*[ -/]*[@-~]"  # what click.echo strips from text not going to a terminal
 
 

@@ -104,6 +104,28 @@ def test_the_config_and_the_environment_choose_the_log_dir_as_for_click(log_dir,
     assert both(["recent", "-n", "2", "--log-dir", str(log_dir)], cwd=tmp_path) is None
 
 
+def test_it_reads_the_options_click_declares_as_click_declares_them():
+    from persist.cli import read
+    from persist.cli.group import cli
+
+    known = {}
+    defaults = read.recent.make_context("recent", []).params  # each as click fills it in when not given
+    del defaults["follow_"]
+    assert quick.DEFAULTS == {**defaults, "utc": False}  # --utc sets a switch instead of a parameter
+    for command, values, flags in ((read.recent, quick.VALUES, quick.FLAGS),
+                                   (cli, quick.GLOBAL_VALUES, quick.GLOBAL_FLAGS)):
+        for p in command.params:
+            words = [(w, True) for w in p.opts] + [(w, False) for w in p.secondary_opts]
+            if p.name in ("follow_", "archive_url", "version", "help"):  # left to click
+                assert not any(w in values or w in flags for w, _ in words), p.name
+                continue
+            for word, on in words:
+                assert (flags[word] == (p.name, on if p.is_bool_flag else p.flag_value) if p.is_flag
+                        else values[word] == p.name), word
+                known[word] = p.name
+        assert set(values) | set(flags) <= set(known)
+
+
 def test_its_defaults_are_the_configs(tmp_path, monkeypatch):
     assert quick.CONFIG_FILES == tuple(str(p) for p in config.SEARCH_PATH)
     assert quick.LOG_DIR == config.DaemonSection.log_dir
