@@ -1,11 +1,12 @@
-"""``persist-cli``: the click group; each command lives in its own module.
+"""``persist-cli``: its commands and the entry point; each command lives in its own module.
 
-Commands are imported only when run, so ``persist-cli recent`` starts fast.
+Commands are imported only when run, and a plain ``recent`` runs without
+click at all (``quick``), so ``persist-cli recent`` starts fast. The click
+group is ``group.cli`` (also here as ``cli``, imported when first asked for).
 A bare ``persist-cli`` opens the menu on a terminal and prints help otherwise.
-The click group is ``group.cli`` (also here as ``cli``); a plain ``recent`` runs without it (``quick``).
 Global options (``--log-dir``, ``--config``, ``--json``, ``--utc``) mean the
 same before the command as after it: they become the command's defaults
-(``Defaults``), so every command, whoever wrote it, takes them. A typo'd
+(``group.Defaults``), so every command, whoever wrote it, takes them. A typo'd
 command gets the closest one suggested (exit 2); with ``--json`` an error is
 one JSON object on stderr (``common.UsageError.show``).
 """
