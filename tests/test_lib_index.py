@@ -275,3 +275,77 @@ def test_snippets_are_cut_in_statements_of_a_bounded_size_and_every_hit_gets_one
     hits = search(db, "common", Filters(sender="a"), 1000, ("[", "]"))  # a filter: no rank window
     db.close()
     assert len(hits) == 50 and all("[common]" in h["snippet"] for h in hits)
+
+
+def contents(path) -> dict:
+    """What an index holds, whatever the layout of FTS5's word lists: rows, resume point, every word's place, settings."""
+    db = index.connect(path, create=False)
+    db.execute("CREATE VIRTUAL TABLE temp.words USING fts5vocab(main, fts, instance)")
+    held = {q: db.execute(q).fetchall() for q in (
+        "SELECT * FROM records ORDER BY seq", "SELECT * FROM state ORDER BY key", "SELECT * FROM fts_docsize ORDER BY id",
+        "SELECT * FROM fts_config ORDER BY k", "SELECT * FROM temp.words ORDER BY term, doc, col, offset",
+        "SELECT type, name, sql FROM sqlite_master ORDER BY name", "PRAGMA journal_mode")}
+    db.close()
+    return held
+
+
+def caught_up(log: LogDir):
+    """The index ``catch_up`` makes from nothing, beside the one ``rebuild`` makes."""
+    path = index.index_dir(log) / "caught-up.sqlite"
+    db = index.connect(path)
+    index.catch_up(log, db)
+    db.close()
+    return path
+
+
+def test_a_rebuild_holds_what_catching_up_from_nothing_holds_whatever_the_text(tmp_path, monkeypatch):
+    import importlib
+
+    from persist.daemon.index.search import Filters, search
+
+    monkeypatch.setattr(importlib.import_module("persist.daemon.index.rebuild"), "BATCH", 3)  # batches of each kind
+    texts = ["plain words", "before\x00after the nul", 'quotes " and \\ a backslash \\u0000 not a nul',
+             "émoji 😀 and \u2028 line separators", "tab\there\nand newline", ""]
+    log = build_texts(tmp_path / "logs", texts * 3, rotate_every=7)
+    assert index.rebuild(log) == len(texts) * 3
+    assert contents(index.index_path(log)) == contents(caught_up(log))
+    db = index.connect(index.index_path(log))
+    assert [h["seq"] for h in search(db, "after", Filters(), 10)] == [14, 8, 2]  # the words past a NUL too
+    db.execute("INSERT INTO fts(fts, rank) VALUES ('integrity-check', 1)")
+    db.close()
+    assert sorted(p.name for p in index.index_dir(log).iterdir()) == ["caught-up.sqlite", "index.sqlite",
+                                                                       "indexer.lock"]
+
+
+def test_a_log_whose_seqs_do_not_grow_is_rebuilt_as_catching_up_indexes_it(tmp_path):
+    log = LogDir(tmp_path / "logs")
+    log.create()
+    writer = SegmentWriter(log, fsync="off")
+    writer.open()
+    for seq, text in [(1, "one"), (2, "two"), (3, "three"), (2, "two again"), (4, "four")]:
+        writer.append(encode(Message.from_frames([b"agent.chat", orjson.dumps({"text": text})], time.time_ns()), seq,
+                             {"sender": "a"}))
+    writer.close()
+    assert index.rebuild(log) == 5
+    assert contents(index.index_path(log)) == contents(caught_up(log))
+
+
+def test_a_new_index_is_on_disk_before_it_is_named_the_index(tmp_path, monkeypatch):
+    log = build_texts(tmp_path / "logs", ["some words"])
+    done = []
+    fsync, replace = os.fsync, os.replace
+
+    def synced(fd: int) -> None:
+        done.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def renamed(src, dst) -> None:
+        done.append(("replace", str(src)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", synced)
+    monkeypatch.setattr(os, "replace", renamed)
+    index.rebuild(log)  # no index yet: the new file is renamed into place (built without syncing)
+    path = index.index_path(log)
+    fresh = f"{path}.rebuild"
+    assert done.index(("fsync", fresh)) < done.index(("replace", fresh)) < done.index(("fsync", str(path.parent)))

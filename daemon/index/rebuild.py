@@ -11,10 +11,13 @@ The new file is derived data no one reads before it is complete, so it is
 built the quick way: no journal and no syncing until it is whole, in one
 transaction, the secondary indexes made once at the end, FTS5 holding more
 words in memory between flushes and merging less as it goes (its settings
-put back before the swap). The log is read and each batch's rows made on a
-second thread, handed over as JSON that SQLite unpacks itself
-(``json_each``): inserting a batch is then one statement during which SQLite
-holds no lock on the interpreter, so both cores work.
+removed again before the swap). Two cores work at once: a second thread reads
+the log, makes each batch's rows, writes the ``records`` rows into a file of
+their own (``index.sqlite.rebuild-rows``, copied in page by page at the end)
+and hands the words over as JSON that SQLite unpacks itself (``json_each``),
+so indexing a batch's words is one statement during which SQLite holds no
+lock on the interpreter. A log whose seqs do not always grow is indexed the
+way ``catch_up`` indexes it (a seq met again replaces the row before).
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ from persist.daemon.index import (
     FTS_COLUMNS,
     Item,
     ahead,
+    catch_up,
     connect,
     files,
     forget_deleted,
     give_back,
     index_path,
     pending,
-    put,
     resume_after,
     rows_of,
     take_indexer_lock,
@@ -51,9 +54,6 @@ BATCH = 5000
 # 1 MiB, and merge word lists once 16 of a level exist rather than 4 (fewer, larger merges); both are
 # removed again, so the index the indexer then keeps is configured as every other.
 BUILD_FTS = (("hashsize", 32 << 20), ("automerge", 16))
-_RECORDS = (f"INSERT INTO records ({COLUMNS}) SELECT "
-            + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(COLUMNS.split(","))))
-            + " FROM json_each(CAST(? AS TEXT))")
 _WORDS = (f"INSERT INTO fts({FTS_COLUMNS}) SELECT "
           + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(FTS_COLUMNS.split(","))))
           + " FROM json_each(CAST(? AS TEXT))")
@@ -72,96 +72,128 @@ def rebuild(log: LogDir, progress: Callable[[int], None] | None = None, timeout:
     lock_fd = take_indexer_lock(log, timeout)
     path = index_path(log)
     fresh = path.with_name(path.name + ".rebuild")
+    rows = path.with_name(path.name + ".rebuild-rows")
     try:
-        for p in files(fresh):
-            p.unlink(missing_ok=True)
         starts, total = {}, 0  # where each segment begins in the whole log
         for seg, nbytes in reader.sizes(log):
             starts[seg.name] = total
             total += nbytes
-        new = connect(fresh)
-        try:
-            count = build(log, new, progress and (lambda seg, off: progress(starts.get(seg, 0) + off)))
-            new.execute("VACUUM")  # the pages FTS5 freed while merging its word lists are not copied in
-            new.execute("PRAGMA journal_mode=WAL")  # as every index is kept
-            _swap_in(new, path, fresh)
-        finally:
-            new.close()
-        return count
+        told = progress and (lambda seg, off: progress(starts.get(seg, 0) + off))
+        for careful in (False, True):
+            for p in (*files(fresh), rows):
+                p.unlink(missing_ok=True)
+            new = connect(fresh)
+            try:
+                try:
+                    # a log whose seqs do not always grow is indexed as catch_up indexes it: a seq met again
+                    # replaces the row before (its words read back from where it lies)
+                    count = catch_up(log, new, told) if careful else build(log, new, rows, told)
+                except OutOfOrder:
+                    continue
+                new.execute("PRAGMA journal_mode=WAL")  # as every index is kept
+                _swap_in(new, path, fresh)
+                return count
+            finally:
+                new.close()
+        raise AssertionError("unreachable")
     finally:
-        for p in files(fresh):
+        for p in (*files(fresh), rows):
             p.unlink(missing_ok=True)
         give_back(log)
         os.close(lock_fd)
 
 
-def build(log: LogDir, db: sqlite3.Connection, progress: Callable[[str, int], None] | None = None) -> int:
+class OutOfOrder(Exception):
+    """A record's seq is not above every seq read before it."""
+
+
+def build(log: LogDir, db: sqlite3.Connection, rows: Path, progress: Callable[[str, int], None] | None = None) -> int:
     """Index the whole log into ``db``, a new, empty index no one else reads (it has no journal meanwhile);
-    how many records it holds. Rows, words and resume point are those ``catch_up`` would write."""
+    how many records it holds. Rows, words and resume point are those ``catch_up`` would write; ``OutOfOrder``
+    if a seq does not grow.
+
+    The thread making the rows writes the ``records`` rows itself, into a file of their own (``rows``), and
+    hands each batch's words to this one as JSON; the rows are copied in at the end, page by page."""
     db.execute("PRAGMA journal_mode=OFF")
     db.execute("PRAGMA synchronous=OFF")
     forget_deleted(log, db)
-    db.execute("BEGIN IMMEDIATE")
+    indexes = db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records' "
+                         "AND sql IS NOT NULL").fetchall()  # made once at the end: quicker than kept up
+    for name, _ in indexes:
+        db.execute(f'DROP INDEX "{name}"')
+    table = db.execute("SELECT sql FROM sqlite_master WHERE name = 'records'").fetchone()[0]
+    old_umask = os.umask(0o077)  # the rows hold senders and topics: private, as the index is
     try:
-        indexes = db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records' "
-                             "AND sql IS NOT NULL").fetchall()  # made once at the end: quicker than kept up
-        for name, _ in indexes:
-            db.execute(f'DROP INDEX "{name}"')
-        for key, value in BUILD_FTS:
-            db.execute("INSERT INTO fts(fts, rank) VALUES (?, ?)", (key, value))
-        count = 0
-        for n, batch, last in ahead(_batches(pending(log, db))):
-            if isinstance(batch, tuple):
-                db.execute(_RECORDS, (batch[0],))  # one statement a batch: SQLite works without the interpreter
-                db.execute(_WORDS, (batch[1],))
-            else:
-                put(db, batch)
-            count += n
-            if progress:
-                progress(last[1], last[2])
-        if count:
-            resume_after(db, last)
-        for _, create in indexes:
-            db.execute(create)
-        db.execute(f"DELETE FROM fts_config WHERE k IN ({','.join('?' * len(BUILD_FTS))})",
-                   [key for key, _ in BUILD_FTS])
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+        db.execute("ATTACH ? AS rows", (str(rows),))
+    finally:
+        os.umask(old_umask)
+    try:
+        db.execute(table.replace("CREATE TABLE records", "CREATE TABLE rows.records", 1))
+        db.execute("BEGIN")
+        try:
+            for key, value in BUILD_FTS:
+                db.execute("INSERT INTO fts(fts, rank) VALUES (?, ?)", (key, value))
+            count = 0
+            for n, words, last in ahead(_batches(pending(log, db), rows)):
+                if isinstance(words, bytes):
+                    db.execute(_WORDS, (words,))  # one statement a batch: SQLite works without the interpreter
+                else:
+                    db.executemany(f"INSERT INTO fts({FTS_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", words)
+                count += n
+                if progress:
+                    progress(last[1], last[2])
+            db.execute("INSERT INTO main.records SELECT * FROM rows.records")  # the same table: copied page by page
+            if count:
+                resume_after(db, last)
+            for _, create in indexes:
+                db.execute(create)
+            db.execute(f"DELETE FROM fts_config WHERE k IN ({','.join('?' * len(BUILD_FTS))})",
+                       [key for key, _ in BUILD_FTS])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    finally:
+        db.execute("DETACH rows")
     return count
 
 
-def _batches(items: Iterator[Item]) -> Iterator[tuple[int, tuple[bytes, bytes] | list, Item]]:
-    """``(count, rows, last item)`` for each ``BATCH`` items: their rows (``rows_of``) as two JSON arrays, or as
-    they are when JSON would not carry them exactly (an escaped NUL, a number past 64 bits, a huge batch) or a
-    seq does not follow the one before (``put`` then replaces the row it repeats, as ``catch_up`` does)."""
-    batch: list[Item] = []
-    after = None  # the highest seq written so far
-    for item in items:
-        batch.append(item)
-        if len(batch) >= BATCH:
-            yield _encoded(batch, after)
-            top = max(rec["seq"] for rec, *_ in batch)
-            after = top if after is None else max(after, top)
-            batch = []
-    if batch:
-        yield _encoded(batch, after)
+def _batches(items: Iterator[Item], rows: Path) -> Iterator[tuple[int, bytes | list, Item]]:
+    """``(count, words, last item)`` for each ``BATCH`` items, their ``records`` rows (``rows_of``) written into
+    the file ``rows`` meanwhile; the words are one JSON array, or the rows of ``rows_of`` as they are when JSON
+    would not carry them exactly (an escaped NUL, a number past 64 bits, a huge batch)."""
+    db = sqlite3.connect(rows, isolation_level=None, check_same_thread=False)  # closed by whichever thread ends
+    try:
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("PRAGMA synchronous=OFF")
+        db.execute("BEGIN")
+        batch: list[Item] = []
+        after = None  # the highest seq so far
+        for item in items:
+            seq = item[0]["seq"]
+            if after is not None and seq <= after:
+                raise OutOfOrder(seq)
+            after = seq
+            batch.append(item)
+            if len(batch) >= BATCH:
+                yield _written(db, batch)
+                batch = []
+        if batch:
+            yield _written(db, batch)
+        db.execute("COMMIT")
+    finally:
+        db.close()
 
 
-def _encoded(batch: list[Item], after: int | None) -> tuple[int, tuple[bytes, bytes] | list, Item]:
+def _written(db: sqlite3.Connection, batch: list[Item]) -> tuple[int, bytes | list, Item]:
     pairs = rows_of(batch)
-    seqs = [row[0] for row, _ in pairs]
-    if (after is None or seqs[0] > after) and all(a < b for a, b in zip(seqs, seqs[1:])):
-        try:
-            rows = orjson.dumps([row for row, _ in pairs])
-            words = orjson.dumps([fts for _, fts in pairs])
-        except orjson.JSONEncodeError:
-            pass
-        else:
-            if NUL not in rows and NUL not in words and len(rows) + len(words) < JSON_MAX:
-                return len(pairs), (rows, words), batch[-1]
-    return len(pairs), pairs, batch[-1]
+    db.executemany(f"INSERT INTO records ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", [row for row, _ in pairs])
+    words = [fts for _, fts in pairs]
+    try:
+        data = orjson.dumps(words)
+    except orjson.JSONEncodeError:
+        return len(pairs), words, batch[-1]
+    return len(pairs), data if NUL not in data and len(data) < JSON_MAX else words, batch[-1]
 
 
 def _swap_in(new: sqlite3.Connection, path: Path, fresh: Path) -> None:
