@@ -28,6 +28,7 @@ KINDS = (
     "request", "response", "broadcast", "tool_call", "tool_result",
     "critique", "revision", "error", "heartbeat", "other",
 )  # fmt: skip
+KIND_WORDS = frozenset(KINDS)
 KIND_SYNONYMS = {
     "req": "request", "query": "request", "question": "request", "ask": "request",
     "resp": "response", "reply": "response", "answer": "response", "result": "response",
@@ -85,7 +86,8 @@ def builtin(cfg: EnrichSection) -> Enricher:
     plain = tuple((key, names) for key, names in wanted.items() if not any("." in n for n in names))
     dotted = tuple((key, names) for key, names in wanted.items() if any("." in n for n in names))
     profiles = envelope.Profiles([envelope.from_config(t) for t in cfg.profiles])
-    match = (lambda frames, topic: None) if "profiles" in cfg.disable else profiles.match
+    matching = "profiles" not in cfg.disable
+    always_match = matching and bool(profiles.custom)  # else only a message of over five frames can be Jupyter's
     with_kind = "kind" in wanted
     with_tokens = "tokens" not in cfg.disable
     rules = [] if "tags" in cfg.disable else [
@@ -96,7 +98,7 @@ def builtin(cfg: EnrichSection) -> Enricher:
     def builtins(msg: Message) -> dict[str, Any]:
         meta: dict[str, Any] = {}
         payload = msg.value
-        env = match(msg.frames, msg.topic)
+        env = profiles.match(msg.frames, msg.topic) if always_match or (matching and len(msg.frames) > 5) else None
         if env is not None:  # the body is another frame: fields come from it and its headers
             msg.envelope, payload = env, env.value
             msg.text = msg.frames[env.body].decode("utf-8", "backslashreplace")
@@ -116,7 +118,8 @@ def builtin(cfg: EnrichSection) -> Enricher:
             meta.update((k, v) for k, v in env.fields.items() if k not in cfg.disable)
             meta["profile"], meta["body"] = env.profile, env.body
         if with_kind:
-            meta["kind"] = kind_of(meta.get("kind"), msg)
+            kind = meta.get("kind")
+            meta["kind"] = kind if type(kind) is str and kind in KIND_WORDS else kind_of(kind, msg)  # the usual case
         if with_tokens:
             meta["tokens"] = (len(msg.payload if env is None else msg.frames[env.body]) + 3) // 4
         if rules:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import random
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,7 +69,8 @@ class Message:
         except orjson.JSONDecodeError:
             value = NOT_JSON
         else:
-            if payload.count(b"[") + payload.count(b"{") > MAX_DEPTH and too_deep(value):
+            deep = len(payload) > 2 * MAX_DEPTH and payload.count(b"[") + payload.count(b"{") > MAX_DEPTH
+            if deep and too_deep(value):  # (each level opens and closes: a shorter text cannot nest that deep)
                 value = TOO_DEEP_JSON
         return cls(frames, received_ns, topic_bytes.decode("utf-8", "backslashreplace"), payload, value)
 
@@ -92,15 +94,22 @@ def too_deep(value: Any) -> bool:
 
 def frames_sha256(frames: list[bytes]) -> str:
     """SHA-256 over the frames, each prefixed by its 8-byte big-endian length."""
-    h = hashlib.sha256()
+    if len(frames) == 2:  # topic and payload, nearly every message: one buffer, one call
+        topic, payload = frames
+        return _sha256(b"%b%b%b%b" % (_length(len(topic)), topic, _length(len(payload)), payload)).hexdigest()
+    h = _sha256()
     for frame in frames:
-        h.update(len(frame).to_bytes(8, "big"))
+        h.update(_length(len(frame)))
         h.update(frame)
     return h.hexdigest()
 
 
+_sha256 = hashlib.sha256
+_length = struct.Struct(">Q").pack
+
+
 _ts_cache: tuple[int, str] = (-1, "")
-_ts_last: tuple[int, str] = (-1, "")
+_ts_last: tuple[int, bytes] = (-1, b"")
 _id_ms, _id_head, _id_next = -1, b"", 0
 
 
@@ -125,13 +134,18 @@ def uuid7(unix_ms: int) -> bytes:
 
 def iso_utc(ns: int) -> str:
     """``2026-11-24T19:22:01.123456Z`` for a time in nanoseconds since the epoch."""
-    global _ts_cache, _ts_last
-    if _ts_last[0] == ns:  # a whole batch shares one receive time
-        return _ts_last[1]
+    global _ts_cache
     sec, rem = divmod(ns, 1_000_000_000)
     if _ts_cache[0] != sec:
         _ts_cache = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
-    _ts_last = (ns, f"{_ts_cache[1]}.{rem // 1000:06d}Z")
+    return f"{_ts_cache[1]}.{rem // 1000:06d}Z"
+
+
+def _received_at(ns: int) -> bytes:
+    """``iso_utc(ns)`` as the line's bytes; a whole batch shares one receive time, so the last is kept."""
+    global _ts_last
+    if _ts_last[0] != ns:
+        _ts_last = (ns, iso_utc(ns).encode())
     return _ts_last[1]
 
 
@@ -159,7 +173,7 @@ def _json_string(text: str) -> bytes:
 
 _json_strings: dict[str, bytes] = {}
 _json_strings_bytes = 0
-_LINE = b'{"v":%d,"seq":%d,"id":"%b","received_at":"%b","topic":%b%b,"meta":%b,%b%b\n'
+_LINE = b'{"v":%d,"seq":%d,"id":"%b","received_at":"%b","topic":%b%b,"meta":%b,%b%b}\n'
 
 
 def encode(msg: Message, seq: int, meta: dict[str, Any], sha256: str | None = None) -> bytes:
@@ -183,12 +197,12 @@ def encode(msg: Message, seq: int, meta: dict[str, Any], sha256: str | None = No
         framing += b',"origin":"bus"'
     if msg.value is TOO_DEEP_JSON:
         meta["payload_note"] = TOO_DEEP
-        last, payload = b"", orjson.dumps(_payload_fields(msg))[1:]
+        last, payload = b"", orjson.dumps(_payload_fields(msg))[1:-1]
     elif msg.value is not NOT_JSON and b"\n" not in payload and b"\r" not in payload:
-        last, payload = b'"payload":', payload + b"}"  # verbatim: the publisher's own JSON text, last
+        last = b'"payload":'  # verbatim: the publisher's own JSON text, last
     else:
-        last, payload = b"", orjson.dumps(_payload_fields(msg))[1:]
-    return _LINE % (VERSION, seq, uuid7(msg.received_ns // 1_000_000), iso_utc(msg.received_ns).encode(),
+        last, payload = b"", orjson.dumps(_payload_fields(msg))[1:-1]
+    return _LINE % (VERSION, seq, uuid7(msg.received_ns // 1_000_000), _received_at(msg.received_ns),
                     _json_string(msg.topic), framing, orjson.dumps(meta), last, payload)
 
 
