@@ -111,6 +111,19 @@ def restart_after_kill(gigabytes: float) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def instruction_rows(per: dict[str, float] | None) -> list[tuple[str, ...]]:
+    """The CPU instructions each receiver spends per message (callgrind), beside bare pyzmq's."""
+    if per is None:
+        return [("CPU instructions per message", "valgrind not installed", "", "", "")]
+    return [
+        ("CPU instructions per message (callgrind)", f"{per['persist']:,.0f}", f"bare pyzmq SUB {per['bare']:,.0f}",
+         f"bare ÷ persist {per['bare'] / per['persist']:.2f}", "(≥ 0.6)"),
+        ("", "", f"floor {per['floor']:,.0f}", f"floor ÷ persist {per['floor'] / per['persist']:.2f}", ""),
+        ("", "", f"naive {per['naive']:,.0f} (+ a kernel fsync each)",
+         f"naive ÷ persist {per['naive'] / per['persist']:.1f}", ""),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -119,6 +132,7 @@ def main() -> None:
     gb = 0.1 if q else 1.0
     started = time.time()
     rec = bench_record.measure(50_000 if q else 200_000)
+    instr = bench_record.instructions(*((1_000, 5_000) if q else (2_000, 12_000))) if shutil.which("valgrind") else None
     lat = latency(10_000, 3 if q else 10)
     cli = bench_cli.measure(gb)
     search = bench_search.measure(100_000 if q else 1_000_000, 30_000 if q else 100_000)
@@ -133,6 +147,7 @@ def main() -> None:
         ("", "", f"naive recorder {rec['naive']:,.0f} msg/s", f"{p['rate'] / rec['naive']:.0f} ×", "≥ 30 ×"),
         ("", "", f"floor: the least a SPEC record costs {rec['floor']:,.0f} msg/s",
          f"{p['rate'] / rec['floor']:.2f} × (floor {rec['floor'] / rec['bare']:.2f} × bare)", ""),
+        *instruction_rows(instr),
         ("messages lost in the burst", f"{p['lost']}", f"{rec['messages']:,} sent", "", "0"),
         ("publish → fsynced latency at 10k msg/s", f"p50 {lat['p50'] * 1e3:.1f} ms", "", f"p99 {lat['p99'] * 1e3:.1f} ms",
          "p99 ≤ 60 ms"),
@@ -151,6 +166,8 @@ def main() -> None:
          "≤ 80 MB"),
         (f"daemon peak RSS, {rec['messages']:,}-message burst", f"{p['rss_mb']:.0f} MB",
          "the burst waits in the daemon's receive queue", "", ""),
+        ("… of which `status` said waiting, at most", f"{p['waiting']:,} messages", f"{rec['messages']:,} sent",
+         f"{p['waiting'] / rec['messages']:.2f}", "said"),
     ]
     header = ("measure", "persist", "baseline (same run)", "ratio", "target")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(5)]
