@@ -183,7 +183,10 @@ def searchable_text(rec: dict[str, Any], line: bytes | None = None, leave_out: f
     text = payload_text(rec, line)
     out: list[str] = []
     if text != "" and not text.startswith(("{", "[")):
-        roots = [v for v in (rec.get("payload"), *envelope.json_frames(rec)) if isinstance(v, (dict, list))]
+        payload = rec.get("payload")
+        roots = [payload] if isinstance(payload, (dict, list)) else []
+        if "extra_b64" in rec:  # other frames (json_frames has none to give otherwise)
+            roots += [v for v in envelope.json_frames(rec) if isinstance(v, (dict, list))]
         # depth first, the last frame first: a stack of iterators, each keeping its place in one container
         stack = [iter(roots[::-1])]
         while stack:
@@ -254,8 +257,9 @@ def _indexable(rec: dict[str, Any], line: bytes | None, segment: str, offset: in
     """The record's row and its text; a record that defeats extraction is indexed with its seq and place only."""
     try:
         row = _row(rec, segment, offset)
-        # indexed_text's: the row's sender, recipient, thread and kind are the values it leaves out
-        text, fields = searchable_text(rec, line, frozenset(v for v in row[3:7] if v is not None))
+        # indexed_text's: the row's sender, recipient, thread and kind are the values it leaves out (a None
+        # among them matches no string)
+        text, fields = searchable_text(rec, line, frozenset(row[3:7]))
         return row, (row[0], text, fields, row[3], row[4], row[2], row[5], row[6], row[7])
     except Exception as exc:  # noqa: BLE001 - one hostile record must never stop indexing
         log.warning("record_indexed_partly", seq=rec["seq"], segment=segment, error=repr(exc)[:200])
