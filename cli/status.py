@@ -108,10 +108,11 @@ def _print_status(info: dict, live: dict | None) -> None:
 
 
 def _waiting(queue: dict | None) -> str:
-    """What the broker has delivered and the daemon has not yet recorded (its receive queue)."""
+    """What the daemon has received and not yet recorded (its inbox)."""
     if queue is None:
-        return "unknown (the daemon's bus proxy did not answer)"
-    return f"{queue['messages']} messages ({size(queue['bytes'])}) received, not yet recorded"
+        return "unknown (a daemon of an older persist)"
+    full = "; its inbox is full: more wait in its socket and the broker" if queue["full"] else ""
+    return f"{queue['messages']} messages ({size(queue['bytes'])}) received, not yet recorded{full}"
 
 
 def _curve_state(c: dict) -> str:

@@ -128,7 +128,7 @@ class Recorder:
         """Record until asked to stop; then drain, commit and return."""
         while not self.stopping:
             ready = dict(self.poller.poll(self.timeout_ms()))
-            if self.bus.sock in ready:
+            if self.bus.sock in ready or self.bus.inbox:
                 batch, nbytes = self.bus.receive(BATCH, BATCH_BYTES)
                 self.journal.record(batch)
                 self.memory.batch_done(len(batch) == BATCH or nbytes >= BATCH_BYTES, nbytes)
@@ -145,6 +145,8 @@ class Recorder:
         self.shutdown()
 
     def timeout_ms(self) -> int:
+        if self.bus.inbox:  # received, not yet recorded: look at the rest, but do not wait
+            return 0
         wait = min(1.0, self.timers.soon())
         if (due := self.journal.commit_due) is not None:
             wait = min(wait, max(0.0, due - time.monotonic()))

@@ -1,9 +1,10 @@
-"""The daemon's bus proxy (XSUB → zmq.proxy_steerable → inproc XPUB → the loop's SUB) against a bad day.
+"""The bus's inbox (what was taken off the SUB socket, not yet recorded, counted for status) against a bad day.
 
 The broker (``persist-cli broker``) never drops (``XPUB_NODROP``): when the daemon cannot keep up, the
 wait reaches the publishers. Whatever the daemon puts between the broker and its loop must keep that:
 a backlog longer than ``daemon.receive_hwm`` waits (in the broker, or in the publisher), it is never
-dropped silently inside the daemon.
+dropped silently inside the daemon. (A proxy thread that counted what it forwarded did drop, through an
+inproc XPUB, and lost its counts to signals and reloads: these tests are what it failed.)
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def _settled(daemon, timeout: float = 60.0) -> int:
 @heavy
 def test_a_backlog_longer_than_receive_hwm_waits_and_is_not_dropped(recorder):
     """receive_hwm 1000, 10,000 messages sent while the daemon cannot read: before the proxy, the
-    daemon's full queue pushed back over TCP into the broker (XPUB_NODROP) and all 10,000 were recorded;
-    an inproc XPUB without XPUB_NODROP drops everything beyond its pipe (about 2 × receive_hwm) silently,
-    with no gap record, and status then says the dropped messages are still 'waiting'."""
+    daemon's full queue pushes back over TCP into the broker (XPUB_NODROP) and all 10,000 are recorded;
+    (an inproc XPUB without XPUB_NODROP dropped everything beyond its pipe silently, with no gap record,
+    and status then said the dropped messages were still 'waiting')."""
     daemon, p = recorder("[daemon]\nreceive_hwm = 1000\nfsync = 'off'\n")
     pid = daemon.daemon_pid()
     sent = 10_000
@@ -55,40 +56,48 @@ def test_a_backlog_longer_than_receive_hwm_waits_and_is_not_dropped(recorder):
     recorded = _settled(daemon)
     gaps = [e.rec for e in daemon.records() if e.rec["topic"] == "$persist/gap"]
     assert recorded == sent, f"{sent - recorded} of {sent} messages lost silently (gap records: {gaps})"
-    assert daemon.status()["receive_queue"]["messages"] == 0
+    assert daemon.status()["receive_queue"] == {"messages": 0, "bytes": 0, "full": False}
 
 
-def test_a_signal_on_the_proxy_thread_does_not_zero_the_receive_queue():
-    """A process-directed signal (SIGHUP, SIGUSR1, SIGTERM) goes to any thread that does not block it, so
-    also to the proxy's, whenever the main thread already has one pending (in an fsync, say). Its poll
-    returns EINTR, pyzmq calls zmq_proxy_steerable again, and the proxy's STATISTICS start again from 0:
-    status then says nothing waits ('waiting 0') until the proxy has forwarded as much again as the loop
-    took in all before."""
-    previous = signal.signal(signal.SIGUSR1, lambda *_: None)  # the daemon's handlers are Python ones too
+def test_the_inbox_counts_what_waits_exactly_and_holds_half_of_receive_hwm():
+    """What the socket holds is taken into the inbox and counted to the byte; the inbox stops at half of
+    receive_hwm (the socket holds the other half, then TCP pushes back) and says it is full; a signal
+    or a reload changes no count (the counts are the inbox's own, no other thread keeps them)."""
+    previous = signal.signal(signal.SIGUSR1, lambda *_: None)
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
     cfg = DaemonSection()
-    cfg.connect, cfg.bind = [f"tcp://127.0.0.1:{port}"], []
+    cfg.connect, cfg.bind, cfg.receive_hwm = [f"tcp://127.0.0.1:{port}"], [], 1000
     bus = Bus(ctx, cfg)
     try:
         def arrived(n):
             deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and (bus.waiting() or {}).get("messages") != n:
+            while time.monotonic() < deadline and bus.waiting()["messages"] != n:
+                bus.take()
                 time.sleep(0.02)
+            return bus.waiting()
 
-        time.sleep(0.3)  # the subscription reaches the PUB
-        for _ in range(1000):
-            pub.send_multipart([b"t", b"x" * 10])
-        arrived(1000)
-        assert len(bus.receive(10_000, 1 << 30)[0]) == 1000
-        signal.pthread_kill(bus.proxy.thread.ident, signal.SIGUSR1)
+        while not bus.receive(10, 1 << 30)[0]:  # the subscription reaches the PUB
+            pub.send_multipart([b"probe", b""])
+            time.sleep(0.05)
         time.sleep(0.2)
-        for _ in range(500):
+        bus.receive(10_000, 1 << 30)
+        for _ in range(300):
             pub.send_multipart([b"t", b"x" * 10])
-        arrived(500)
-        assert bus.waiting() == {"messages": 500, "bytes": 500 * 11, "frames": 1000}
-        assert len(bus.receive(10_000, 1 << 30)[0]) == 500
+        assert arrived(300) == {"messages": 300, "bytes": 300 * 11, "full": False}
+        os.kill(os.getpid(), signal.SIGUSR1)
+        batch, nbytes = bus.receive(100, 1 << 30)
+        assert (len(batch), nbytes) == (100, 1100)
+        assert bus.waiting() == {"messages": 200, "bytes": 200 * 11, "full": False}
+        for _ in range(2000):
+            pub.send_multipart([b"t", b"x" * 10])
+        assert arrived(500) == {"messages": 500, "bytes": 500 * 11, "full": True}, "half of receive_hwm"
+        got = 0
+        while got < 2200:
+            got += len(bus.receive(1000, 1 << 30)[0])
+        assert got == 2200 and bus.waiting() == {"messages": 0, "bytes": 0, "full": False}, "all of them, none lost"
     finally:
         bus.close()
         pub.close(linger=0)
@@ -98,10 +107,9 @@ def test_a_signal_on_the_proxy_thread_does_not_zero_the_receive_queue():
 
 @heavy
 def test_a_reload_that_drops_a_prefix_under_load_leaves_nothing_counted_as_waiting(recorder, workdir):
-    """SIGHUP narrows [daemon] subscribe while a publisher floods a topic it no longer covers: the messages
-    already on their way are counted as forwarded by the proxy, then filtered out by its inner XPUB, and
-    never taken by the loop; status (and persist-cli status: 'waiting N messages ... received, not yet
-    recorded') says they wait, for ever, on an idle daemon whose queue is empty."""
+    """SIGHUP narrows [daemon] subscribe while a publisher floods a topic it no longer covers: once the
+    daemon is idle, status says nothing waits (a proxy's counts once said the messages its inner XPUB
+    filtered out waited for ever)."""
     daemon, p = recorder("[daemon]\nfsync = 'off'\nsubscribe = ['']\n")
     stop = threading.Event()
 
@@ -125,4 +133,4 @@ def test_a_reload_that_drops_a_prefix_under_load_leaves_nothing_counted_as_waiti
         t.join()
     time.sleep(2.0)  # idle: everything there was to record is recorded
     assert daemon.status()["subscribe"] == ["a."]
-    assert daemon.status()["receive_queue"] == {"messages": 0, "bytes": 0, "frames": 0}
+    assert daemon.status()["receive_queue"] == {"messages": 0, "bytes": 0, "full": False}
