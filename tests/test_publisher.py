@@ -90,6 +90,19 @@ def test_close_raises_with_the_exact_count_it_could_not_deliver(start_daemon, br
     assert daemon.stop() == 0, daemon.errors()[-3000:]
 
 
+def test_close_never_takes_a_daemon_too_stopped_to_answer_for_no_daemon(start_daemon, broker, log_dir):
+    """A daemon that records the log dir but does not answer (stopped here; busy with a burst on a bad
+    day) is waited for until close_timeout, then Undelivered counts every message not confirmed: never
+    the quiet return meant for a log dir nobody records (the cold review: 17,001 lost, close() fine)."""
+    daemon = start_daemon()
+    agent = start_agent(broker, log_dir, 301, close_timeout=2.0)
+    with stopped(daemon.proc):
+        go(agent)
+        out, _ = agent.communicate(timeout=60)
+    assert (agent.returncode, out) == (3, "undelivered 301\n")
+    assert daemon.stop() == 0, daemon.errors()[-3000:]
+
+
 @heavy
 def test_the_broker_waits_for_a_stalled_daemon_instead_of_dropping(log_dir):
     broker = Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", "--hwm", "20")

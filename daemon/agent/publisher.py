@@ -37,6 +37,7 @@ import zmq
 from persist.daemon import config
 from persist.daemon import curve as _curve
 from persist.daemon.control import ControlError, ask
+from persist.daemon.log import lock
 from persist.daemon.log.layout import LogDir
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"  # the broker's publisher side
@@ -104,8 +105,8 @@ class Publisher:
             self.sock.recv()  # subscription messages; their content is not needed
         self.subscribed = True
         self._stop_watching()
-        endpoint = self.control_endpoint()
-        before = self.acknowledged(endpoint) if endpoint else None
+        log = self.recording_log()
+        before = self.acknowledged(log.control_endpoint) if log else None
         self.missing_before = None if before is None else before[1]  # the daemon's count before our first send
 
     def send(self, topic: str, message: dict[str, Any] | bytes | str, *extra: bytes) -> int:
@@ -131,13 +132,12 @@ class Publisher:
             self.raw_sent += 1
         return self.seq
 
-    def control_endpoint(self) -> str | None:
-        """The control socket of the daemon recording this bus: ``log_dir``'s, or the configured one's."""
+    def recording_log(self) -> LogDir | None:
+        """The log dir of the daemon recording this bus: ``log_dir``, or the configured one."""
         try:
-            root = Path(self.log_dir) if self.log_dir is not None else config.load().log_dir
+            return LogDir(Path(self.log_dir) if self.log_dir is not None else config.load().log_dir)
         except config.ConfigError:
             return None
-        return LogDir(root).control_endpoint
 
     def acknowledged(self, endpoint: str) -> tuple[int, int] | None:
         """``(the last sequence number the daemon recorded from this sender, how many of its numbers
@@ -156,14 +156,21 @@ class Publisher:
 
         Raises ``Undelivered`` counting the ones it has not confirmed after
         ``timeout`` (default ``close_timeout``). Returns at once if no daemon
-        answers on the log dir's control socket.
+        records the log dir; one that records it but does not answer (busy with a
+        burst, stopped) is waited for like one that answers.
         """
-        endpoint = self.control_endpoint()
-        answer = self.acknowledged(endpoint) if self.seq and endpoint else None
-        if answer is None:
+        log = self.recording_log()
+        if not self.seq or log is None:
             return
+        endpoint = log.control_endpoint
         wait = self.close_timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
+        while (answer := self.acknowledged(endpoint)) is None:
+            if not lock.is_locked(log):
+                return  # nobody records it here: what close() can do is see the queue handed to the network
+            if time.monotonic() >= deadline:
+                raise Undelivered(self.seq, f"none of {self.seq} messages from {self.sender!r} confirmed: the "
+                                            f"daemon recording {log.root} did not answer within {wait:.0f} s")
         while answer[0] < self.seq:
             if time.monotonic() >= deadline:
                 missing = self.seq - answer[0]
