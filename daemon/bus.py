@@ -8,18 +8,17 @@ the refused handshakes it counts (``curve``). It never writes a record.
 
 libzmq cannot say how many messages wait in a socket's queue, so the bus
 takes what the socket holds into an inbox of its own as it arrives (taking
-frames off the socket costs a fraction of recording them) and hands the loop
-its batches from there: ``waiting()`` is then the inbox, counted exactly.
-The inbox holds half of ``daemon.receive_hwm`` messages (and at most
-``INBOX_BYTES``), the socket the other half; once both are full the socket
-reads no more and TCP pushes back on the broker, as it always did: nothing
-is dropped here.
+frames off the socket costs a fraction of recording them; ``inbox``) and
+hands the loop its batches from there: ``waiting()`` is then the inbox,
+counted exactly. The inbox holds half of ``daemon.receive_hwm`` messages (and
+at most ``INBOX_BYTES``), the socket the other half; once both are full the
+socket reads no more and TCP pushes back on the broker, as it always did:
+nothing is dropped here.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import Any
 
 import zmq
@@ -27,6 +26,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from persist.daemon import curve
 from persist.daemon.config import CurveSection, DaemonSection
+from persist.daemon.inbox import Inbox
 from persist.daemon.log.lazylog import get_logger
 from persist.daemon.log.record import iso_utc
 
@@ -50,8 +50,7 @@ class Bus:
         self.sock.setsockopt(zmq.RCVHWM, max(1, cfg.receive_hwm - self.inbox_limit))
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        self.inbox: deque[list[bytes]] = deque()  # taken off the socket, not yet handed to the loop
-        self.inbox_bytes = 0
+        self.inbox = Inbox()  # taken off the socket, not yet handed to the loop
         self.subscriptions: list[str] = []
         self.subscribe(cfg.subscribe)
         self.monitor = self.sock.get_monitor_socket(MONITORED)
@@ -110,56 +109,26 @@ class Bus:
         ``([], 0)`` if none. Returns the messages and their size in bytes. What the socket
         holds is taken into the inbox first, so that ``waiting()`` can count it."""
         self.take()
-        inbox = self.inbox
-        batch: list[list[bytes]] = []
-        nbytes = 0
-        while inbox and len(batch) < limit and nbytes < max_bytes:
-            frames = inbox.popleft()
-            batch.append(frames)
-            nbytes += sum(map(len, frames))
-        self.inbox_bytes -= nbytes
-        return batch, nbytes
+        return self.inbox.take(limit, max_bytes)
 
     def take(self) -> None:
-        """Move what the socket holds into the inbox, up to its bounds and ``TAKE_AT_ONCE`` messages.
-
-        Frames come as ``zmq.Frame`` so ``more`` says whether another follows:
-        pyzmq's ``recv_multipart`` asks ``getsockopt(RCVMORE)`` per frame, which
-        costs more than receiving the frame itself.
-        """
-        inbox, recv, append = self.inbox, self.sock.recv, self.inbox.append
-        room = min(TAKE_AT_ONCE, self.inbox_limit - len(inbox))
-        nbytes = self.inbox_bytes
-        taken = 0
-        try:
-            while taken < room and nbytes < INBOX_BYTES:
-                frame = recv(NOBLOCK, copy=False)
-                frames = [frame.bytes]
-                while frame.more:  # the rest of a multipart message is already here
-                    frame = recv(NOBLOCK, copy=False)
-                    frames.append(frame.bytes)
-                append(frames)
-                nbytes += sum(map(len, frames))
-                taken += 1
-        except zmq.Again:
-            pass
-        self.inbox_bytes = nbytes
-        if taken:
+        """Move what the socket holds into the inbox, up to its bounds and ``TAKE_AT_ONCE`` messages."""
+        room = min(TAKE_AT_ONCE, self.inbox_limit - len(self.inbox))
+        if room > 0 and self.inbox.fill(self.sock.recv, room, INBOX_BYTES):
             self.last_message_ns = time.time_ns()
 
     def waiting(self) -> dict[str, Any]:
         """What was received and not yet handed to the loop: ``messages`` and ``bytes`` (exact), and ``full``:
         the inbox is at its bound, so more may wait in the socket and, pushed back, in the broker."""
-        return {"messages": len(self.inbox), "bytes": self.inbox_bytes,
-                "full": len(self.inbox) >= self.inbox_limit or self.inbox_bytes >= INBOX_BYTES}
+        inbox = self.inbox
+        return {"messages": len(inbox), "bytes": inbox.bytes,
+                "full": len(inbox) >= self.inbox_limit or inbox.bytes >= INBOX_BYTES}
 
     def discard(self, deadline: float) -> dict[str, Any]:
         """Receive and count what is still queued, without recording it, until the queue is
         empty or ``deadline`` (monotonic) passes: the counts of a shutdown gap record."""
-        count, nbytes = len(self.inbox), self.inbox_bytes  # taken off the socket, never recorded
+        count, nbytes = self.inbox.clear()  # taken off the socket, never recorded
         first = time.time_ns() if count else None
-        self.inbox.clear()
-        self.inbox_bytes = 0
         recv = self.sock.recv
         complete = False
         try:

@@ -15,10 +15,49 @@ import threading
 import time
 
 import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from persist.daemon import inbox as inbox_module
 from persist.daemon.bus import Bus
 from persist.daemon.config import DaemonSection
+from persist.daemon.inbox import Inbox
 from procs import heavy
+
+MESSAGES = st.lists(st.lists(st.binary(max_size=300), min_size=1, max_size=4), max_size=60)
+
+
+@settings(max_examples=60, deadline=None)
+@given(MESSAGES, st.lists(st.integers(1, 20), min_size=1, max_size=20), st.integers(1, 400))
+def test_the_inbox_gives_back_every_message_whole_and_in_order_and_counts_them(messages, takes, chunk):
+    """Messages put in from a real socket come back as they were sent (frames, empty ones too, and
+    order), across buffers of any size, taken in batches of any size; the counts always say what is left."""
+    ctx = zmq.Context.instance()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    endpoint = f"inproc://inbox-{id(messages)}-{time.monotonic_ns()}"
+    a.bind(endpoint)
+    b.connect(endpoint)
+    saved, inbox_module.CHUNK = inbox_module.CHUNK, chunk
+    try:
+        for m in messages:
+            a.send_multipart(m)
+        box, got = Inbox(), []
+        filled = box.fill(b.recv, 10 ** 6, 1 << 30)
+        assert filled == len(messages) == len(box)
+        assert box.bytes == sum(map(len, sum(messages, [])))
+        for n in takes * 10:
+            batch, nbytes = box.take(n, 1 << 30)
+            assert nbytes == sum(map(len, sum(batch, [])))
+            got += batch
+            assert len(box) == len(messages) - len(got)
+            assert box.bytes == sum(map(len, sum(messages[len(got):], [])))
+        got += box.take(10 ** 6, 1 << 30)[0]
+        assert got == messages
+        assert not box.chunks, "every buffer read through is let go"
+    finally:
+        inbox_module.CHUNK = saved
+        a.close(linger=0)
+        b.close(linger=0)
 
 
 def _flood_count(daemon) -> int:
