@@ -253,3 +253,37 @@ def test_search_thread_and_threads_hide_replays_unless_asked(workdir):
     assert [(t["thread_id"], t["turns"]) for t in threads] == [("fix-9", 1)]
     threads = [orjson.loads(x) for x in cli(log.root, "threads", "--json", "--include-replays").stdout.splitlines()]
     assert [(t["thread_id"], t["turns"]) for t in threads] == [("fix-9", 2)]
+
+
+def test_a_file_only_read_wakes_no_watcher_and_an_idle_indexer_stays_idle(recorder, tmp_path):
+    """watchdog reports files opened and closed unwritten too: the indexer, which reads the log whenever it is
+    woken, woke itself by reading it and spun a whole core on an idle daemon (107 % CPU, for ever)."""
+    from persist.daemon.log.watch import watch
+
+    seen: list[str] = []
+    (tmp_path / "f").write_bytes(b"x")
+    observer = watch(str(tmp_path), lambda event: seen.append(event.event_type))
+    try:
+        time.sleep(0.3)
+        for _ in range(5):
+            (tmp_path / "f").read_bytes()
+        time.sleep(0.5)
+        assert seen == [], "reading a file is no change"
+        with open(tmp_path / "f", "ab") as f:
+            f.write(b"y")
+        wait_for(lambda: "modified" in seen, what="the write seen")
+    finally:
+        observer.stop()
+        observer.join(timeout=2)
+
+    daemon, _ = recorder()
+    indexer = daemon.status()["indexer_pid"]
+    time.sleep(1.0)  # the indexer has caught up: from here the daemon is idle
+
+    def cpu_s() -> float:
+        fields = open(f"/proc/{indexer}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before = cpu_s()
+    time.sleep(3.0)
+    assert cpu_s() - before < 1.0, "an idle indexer sleeps until the log changes"
