@@ -34,7 +34,7 @@ class Group(click.Group):
         """The commands and their lines from ``COMMANDS``, as click lays them out, importing none of them."""
         width = formatter.width - 6 - max(map(len, COMMANDS))
         with formatter.section("Commands"):
-            formatter.write_dl([(name, click.utils.make_default_short_help(line, width))
+            formatter.write_dl([(name, click.Command(name, help=line).get_short_help_str(width))
                                 for name, (_, line) in sorted(COMMANDS.items())])
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
