@@ -26,11 +26,10 @@ from zmq.utils.monitor import recv_monitor_message
 
 from persist.daemon import curve
 from persist.daemon.config import CurveSection, DaemonSection
-from persist.daemon.inbox import Inbox
+from persist.daemon.inbox import NOBLOCK, Inbox
 from persist.daemon.log.lazylog import get_logger
 from persist.daemon.log.record import iso_utc
 
-NOBLOCK = int(zmq.NOBLOCK)
 MONITORED = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | curve.HANDSHAKE_FAILED
 INBOX_BYTES = 256 << 20  # the inbox takes no more than this off the socket; the rest waits there
 TAKE_AT_ONCE = 10_000  # messages taken off the socket per turn of the loop, at most (it stays responsive)

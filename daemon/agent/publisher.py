@@ -171,6 +171,7 @@ class Publisher:
             if time.monotonic() >= deadline:
                 raise Undelivered(self.seq, f"none of {self.seq} messages from {self.sender!r} confirmed: the "
                                             f"daemon recording {log.root} did not answer within {wait:.0f} s")
+            time.sleep(ACK_POLL_S)
         while answer[0] < self.seq:
             if time.monotonic() >= deadline:
                 missing = self.seq - answer[0]
